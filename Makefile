@@ -1,0 +1,26 @@
+# Two jobs: `make demo` (set up, then run the main job end to end) and `make test` (set up, run the tests).
+# Set-up: a virtual environment with CPU PyTorch installed FIRST (so nothing pulls a CUDA build), then the project.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[all]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m invsr_train.demo --out $(DEMO)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,1 @@
+"""invsr-bench: latency, memory and quality-drift benchmarks."""

@@ -1,0 +1,1 @@
+"""invsr_export: torch -> ONNX -> precision pass -> TensorRT engines, validated against the reference."""

@@ -1,0 +1,272 @@
+"""Image files and arrays in and out, in the form people have them.
+
+The network works on RGB float32 HWC in [0, 1]. A `Picture` is that RGB plus what is needed to give
+the result back in the input's own form: an alpha channel (upscaled separately), whether the input
+was grayscale (returned as grayscale) and its bit depth (16-bit grayscale stays 16-bit where the
+output format allows). Pillow decodes and encodes; writes are atomic (temporary name, then rename),
+so a failed or interrupted run never leaves a half-written output.
+
+Mode handling on input: L/1 -> gray; LA/La -> gray + alpha; I;16*/I/F -> 16-bit gray; P -> RGB, or
+RGBA when the palette has transparency; PA/RGBa -> RGBA; CMYK/YCbCr/LAB/HSV/RGBX -> RGB. EXIF
+orientation is applied. Multi-frame files give their first frame.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes picked up when a folder is given as input.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".dib", ".gif",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif", ".qoi"}
+)
+#: Output formats: CLI name -> (Pillow format, file suffix).
+OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+_SAVE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+# Pillow's grayscale conversion weights (ITU-R 601-2 luma).
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_COLOUR_SPACE_CHANGED = ("CMYK", "LAB", "HSV")
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image (message names the file and the problem)."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded image: RGB float32 HxWx3 in [0, 1] + optional alpha HxW + how to give it back."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    gray: bool = False
+    bits: int = 8
+    icc_profile: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def to_uint8(img01: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint8 with rounding."""
+    return (np.clip(img01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_uint16(img01: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint16 with rounding."""
+    return (np.clip(img01, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+
+
+def luma(rgb01: np.ndarray) -> np.ndarray:
+    """HxWx3 RGB -> HxW gray with Pillow's weights (so gray in -> gray out matches Image.convert("L"))."""
+    return np.asarray(rgb01, dtype=np.float32) @ _LUMA
+
+
+def _gray_to_rgb(gray01: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(gray01, dtype=np.float32)[..., None], 3, axis=2)
+
+
+# ---------------------------------------------------------------------------------------- from Pillow
+def _orient(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as exc:  # noqa: BLE001 - EXIF parsers raise many types; orientation is optional
+        logger.warning("%s: EXIF orientation ignored (%s)", getattr(im, "filename", "image") or "image", exc)
+        return im
+
+
+def _gray16(im: Image.Image) -> np.ndarray:
+    """16-bit / int / float grayscale -> HxW float32 in [0, 1]."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        arr = arr.astype(np.float32)
+        return np.clip(arr if np.nanmax(arr, initial=0.0) <= 1.0 else arr / 255.0, 0.0, 1.0)
+    return np.clip(arr.astype(np.float32), 0.0, 65535.0) / 65535.0
+
+
+def _working_mode(im: Image.Image) -> str:
+    """The 8-bit mode an image is decoded through: L, LA, RGB or RGBA (transparency kept as alpha)."""
+    gray = im.mode in ("1", "L", "LA", "La")
+    alpha = im.has_transparency_data
+    return ("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB")
+
+
+def picture_from_pil(im: Image.Image) -> Picture:
+    """Decode a Pillow image (any mode) into a Picture, EXIF orientation applied."""
+    im = _orient(im)
+    icc = im.info.get("icc_profile") if im.mode not in _COLOUR_SPACE_CHANGED else None
+    if im.mode in _GRAY16_MODES:
+        return Picture(_gray_to_rgb(_gray16(im)), gray=True, bits=16, icc_profile=icc)
+    mode = _working_mode(im)
+    arr = np.asarray(im if im.mode == mode else im.convert(mode), dtype=np.float32) / 255.0
+    if mode in ("L", "LA"):
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
+        alpha = arr[..., 1] if mode == "LA" else None
+        return Picture(_gray_to_rgb(arr[..., 0]), alpha=alpha, gray=True, icc_profile=icc)
+    alpha = arr[..., 3] if mode == "RGBA" else None
+    return Picture(np.ascontiguousarray(arr[..., :3]), alpha=alpha, icc_profile=icc)
+
+
+# ------------------------------------------------------------------------------------------ to Pillow
+def picture_to_pil(pic: Picture) -> Image.Image:
+    """Encode a Picture as a Pillow image: L / LA / I;16 / RGB / RGBA (16-bit only for plain gray)."""
+    if pic.gray and pic.bits == 16 and pic.alpha is None:
+        im = Image.fromarray(to_uint16(luma(pic.rgb)))
+    elif pic.gray:
+        y = to_uint8(luma(pic.rgb))
+        im = Image.fromarray(y) if pic.alpha is None else Image.fromarray(np.stack([y, to_uint8(pic.alpha)], axis=2))
+    else:
+        arr = pic.rgb if pic.alpha is None else np.concatenate([pic.rgb, pic.alpha[..., None]], axis=2)
+        im = Image.fromarray(to_uint8(arr))
+    if pic.icc_profile:
+        im.info["icc_profile"] = pic.icc_profile
+    return im
+
+
+# ------------------------------------------------------------------------------------------ numpy I/O
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How a numpy image was laid out, so the result comes back the same way."""
+
+    channels: int
+    dtype: np.dtype
+    squeeze: bool = False
+
+
+def picture_from_array(arr: np.ndarray) -> tuple[Picture, ArrayLayout]:
+    """HxW or HxWxC (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); uint8, uint16 or float in [0, 1]."""
+    arr = np.asarray(arr)
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"expected an HxW or HxWxC image with C in 1..4, got shape {np.shape(arr)}")
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        bits = 8 if arr.dtype == np.uint8 else 16
+        x = arr.astype(np.float32) / float(2**bits - 1)
+    elif np.issubdtype(arr.dtype, np.floating):
+        bits, x = 8, np.clip(arr.astype(np.float32), 0.0, 1.0)
+    else:
+        raise ValueError(f"unsupported dtype {arr.dtype}: pass uint8, uint16 or float in [0, 1]")
+    c = x.shape[2]
+    gray = c <= 2
+    rgb = _gray_to_rgb(x[..., 0]) if gray else np.ascontiguousarray(x[..., :3])
+    alpha = x[..., -1] if c in (2, 4) else None
+    layout = ArrayLayout(channels=c, dtype=arr.dtype, squeeze=squeeze)
+    return Picture(rgb, alpha=alpha, gray=gray, bits=bits), layout
+
+
+def picture_to_array(pic: Picture, layout: ArrayLayout) -> np.ndarray:
+    """The Picture in the layout and dtype of the original array."""
+    base = [luma(pic.rgb)[..., None]] if layout.channels <= 2 else [pic.rgb]
+    if layout.channels in (2, 4):
+        base.append(pic.alpha[..., None] if pic.alpha is not None else np.ones_like(base[0][..., :1]))
+    x = np.concatenate(base, axis=2)
+    if layout.squeeze:
+        x = x[..., 0]
+    if layout.dtype == np.uint8:
+        return to_uint8(x)
+    if layout.dtype == np.uint16:
+        return to_uint16(x)
+    return np.clip(x, 0.0, 1.0).astype(layout.dtype)
+
+
+# --------------------------------------------------------------------------------------------- files
+def read_picture(path: str | os.PathLike) -> Picture:
+    """Read an image file into a Picture; ImageReadError (one line: file + problem) otherwise."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise ImageReadError(f"{path}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: empty file")
+        with Image.open(path) as im:
+            im.load()
+            return picture_from_pil(im)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: too large to decode safely ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, zlib.error...
+        raise ImageReadError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def adapt_for_format(pic: Picture, fmt: str) -> tuple[Picture, list[str]]:
+    """Fit a Picture to what the output format can store; returns the notes worth a warning.
+
+    JPEG: no alpha (flattened onto white, with a warning), 8-bit. WebP: 8-bit, grayscale stored as
+    RGB (WebP has no gray mode). PNG: everything (16-bit only for gray without alpha).
+    """
+    notes: list[str] = []
+    if fmt in ("jpg", "webp") and pic.bits != 8:
+        pic = replace(pic, bits=8)
+    if fmt == "jpg" and pic.alpha is not None:
+        a = pic.alpha[..., None]
+        pic = replace(pic, rgb=pic.rgb * a + (1.0 - a), alpha=None)
+        notes.append("JPEG has no alpha channel: flattened onto white (use --format png or webp to keep it)")
+    if fmt == "webp" and pic.gray:
+        pic = replace(pic, rgb=_gray_to_rgb(luma(pic.rgb)), gray=False)
+    return pic, notes
+
+
+def write_picture(pic: Picture, path: str | os.PathLike, fmt: str = "png") -> list[str]:
+    """Write a Picture atomically as `fmt` (png | jpg | webp); returns notes (e.g. alpha dropped)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    pic, notes = adapt_for_format(pic, fmt)
+    pil_format = OUTPUT_FORMATS[fmt][0]
+    im = picture_to_pil(pic)
+    options = dict(_SAVE_OPTIONS[pil_format])
+    if pic.icc_profile:
+        options["icc_profile"] = pic.icc_profile
+    save_atomic(im, path, format=pil_format, **options)
+    return notes
+
+
+def save_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
+    """Save a Pillow image to `path` via a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format=fmt, **save_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------- simple RGB helpers (kept)
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read any Pillow-readable image as RGB HWC float32 in [0, 1] (alpha and bit depth dropped)."""
+    return read_picture(path).rgb
+
+
+def save_rgb(img01: np.ndarray, path: str | os.PathLike) -> None:
+    """Save an RGB HWC float image in [0, 1] (8-bit), atomically."""
+    save_atomic(Image.fromarray(to_uint8(img01)), path)

@@ -1,0 +1,88 @@
+"""Bicubic resizing that matches PyTorch's `interpolate(mode="bicubic", align_corners=False)` (numpy only).
+
+The runtime must build exactly the same upsampled input (and colour reference) as the PyTorch reference
+pipeline, so both of PyTorch's bicubic kernels are reproduced:
+
+- antialias=False: cubic convolution with a = -0.75, four taps around the source position, taps outside
+  the image clamped to the border pixel (replicate).
+- antialias=True: PIL-style filter with a = -0.5 whose support is stretched by the downscale factor,
+  weights normalised over the taps that fall inside the image.
+
+Each axis becomes an (out x in) weight matrix, so resizing is two small matrix products.
+
+Known difference: PyTorch 2.13's antialiased CPU kernel gives wrong rows when the output width is 1 and
+the height changes (every output row uses the first row's weights); this module returns the correct
+separable result there. The pipeline never asks for such sizes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_A_PLAIN = -0.75
+_A_ANTIALIAS = -0.5
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter a, evaluated at distances x."""
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _plain_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out x in) weights of PyTorch's non-antialiased bicubic: 4 taps, border taps clamped."""
+    scale = in_size / out_size
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    base = np.floor(src)
+    frac = src - base
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    for k in range(-1, 3):
+        idx = np.clip(base.astype(np.int64) + k, 0, in_size - 1)
+        np.add.at(weights, (rows, idx), _cubic(frac - k, _A_PLAIN))
+    return weights
+
+
+def _antialias_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out x in) weights of PyTorch's antialiased bicubic: a = -0.5, support scaled when downscaling."""
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        taps = np.arange(lo, hi, dtype=np.float64)
+        w = _cubic((taps - center + 0.5) * inv_scale, _A_ANTIALIAS)
+        total = w.sum()
+        weights[i, lo:hi] = w / total if total != 0.0 else w
+    return weights
+
+
+def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+    """The (out_size x in_size) float64 matrix that resizes one axis like PyTorch's bicubic."""
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be >= 1, got in={in_size} out={out_size}: pass a non-empty image and size")
+    return _antialias_weights(in_size, out_size) if antialias else _plain_weights(in_size, out_size)
+
+
+def bicubic_resize(img_hwc: np.ndarray, out_h: int, out_w: int, antialias: bool) -> np.ndarray:
+    """Resize an HWC image (any channel count) to out_h x out_w, float32, like torch bicubic.
+
+    A 2-D (HW) array is accepted and returned as 2-D. Values are not clamped (bicubic overshoots,
+    as in PyTorch).
+    """
+    img = np.asarray(img_hwc)
+    if img.ndim not in (2, 3):
+        raise ValueError(f"expected an HWC (or HW) image, got shape {img.shape}: pass one image, not a batch")
+    wh = resize_weights(img.shape[0], int(out_h), antialias)
+    ww = resize_weights(img.shape[1], int(out_w), antialias)
+    x = img.astype(np.float64, copy=False)
+    if img.ndim == 2:
+        return np.ascontiguousarray(wh @ x @ ww.T, dtype=np.float32)
+    (h, w, c), out_h, out_w = x.shape, wh.shape[0], ww.shape[0]
+    rows = (wh @ x.reshape(h, w * c)).reshape(out_h, w, c)  # BLAS matmuls, one per axis
+    out = ww @ rows.transpose(1, 0, 2).reshape(w, out_h * c)
+    return np.ascontiguousarray(out.reshape(out_w, out_h, c).transpose(1, 0, 2), dtype=np.float32)

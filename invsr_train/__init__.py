@@ -1,0 +1,1 @@
+"""invsr_train: PyTorch side of invsr-trt (noise predictor, SD-Turbo loading, reference pipeline, training)."""
