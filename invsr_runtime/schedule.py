@@ -45,6 +45,8 @@ DEFAULT_TIMESTEPS: dict[int, tuple[int, ...]] = {
 
 #: Largest paper timestep allowed: the paper keeps SNR > 1.44, i.e. t <= 250.
 MAX_TIMESTEP = 250
+#: Most sampling steps InvSR supports (1 to 5, chosen at run time).
+MAX_STEPS = max(DEFAULT_TIMESTEPS)
 
 
 class ScheduleError(ValueError):
@@ -72,12 +74,12 @@ def resolve_timesteps(
     """Return the validated paper timesteps for a run.
 
     Only `steps` -> the defaults for that count; `timesteps` (sequence or "200,100") -> those,
-    checked strictly decreasing and each in 1..250; both -> their count must equal `steps`.
+    checked strictly decreasing, each in 1..250, at most 5 of them; both -> their count must equal `steps`.
     Neither -> the 1-step default.
     """
-    valid_count = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and 1 <= steps <= 5
+    valid_count = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS
     if steps is not None and not valid_count:
-        raise ScheduleError(f"steps must be 1..5, got {steps}")
+        raise ScheduleError(f"steps must be 1..{MAX_STEPS}, got {steps}")
     if timesteps is None:
         return DEFAULT_TIMESTEPS[int(steps) if steps is not None else 1]
     ts = _parse_timesteps(timesteps)
@@ -85,6 +87,8 @@ def resolve_timesteps(
         raise ScheduleError("timesteps is empty: pass 1 to 5 values such as '200,100'")
     if steps is not None and len(ts) != steps:
         raise ScheduleError(f"got {len(ts)} timesteps {ts} for steps={steps}: pass exactly {steps} values")
+    if len(ts) > MAX_STEPS:
+        raise ScheduleError(f"got {len(ts)} timesteps {ts}: InvSR samples in 1 to {MAX_STEPS} steps")
     for t in ts:
         if not 1 <= t <= MAX_TIMESTEP:
             raise ScheduleError(f"timestep {t} is out of range: each must be in 1..{MAX_TIMESTEP} (0 is invalid)")

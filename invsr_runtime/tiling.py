@@ -6,8 +6,9 @@ Geometry (INVSR.md, "Images larger or smaller than one tile"), with `tile` as a 
 2. the result is reflect-padded right/bottom to a multiple of 16;
 3. tiles of `tile` x `tile` are cut at stride `tile // 2`, the last one of each row/column pulled back
    to the edge; an image of exactly one tile gives one tile;
-4. the `tile*scale` outputs are blended with a 2-D Gaussian weight in float64, normalised by the
-   summed weights and cropped back to the original image's `scale*h x scale*w` region.
+4. the `tile*scale` outputs are blended with a 2-D Gaussian weight in float64 (with the released
+   code's half-pixel offset, see `gaussian_weight`), normalised by the summed weights and cropped back to
+   the original image's `scale*h x scale*w` region.
 """
 from __future__ import annotations
 
@@ -105,15 +106,20 @@ def extract_tiles(padded_hwc: np.ndarray, plan: TilePlan, indices: Sequence[int]
 
 
 def gaussian_weight(size: int) -> np.ndarray:
-    """2-D Gaussian blending weight, float64 size x size, sigma = 0.3*((size-1)/2 - 1) + 0.8.
+    """2-D Gaussian blending weight, float64 size x size, sigma = 0.3*((size-1)/2 - 1) + 0.8 (77.15 px for 512).
 
-    The outer product of two 1-D kernels centred at (size-1)/2, each summing to 1 (OpenCV's default
-    sigma for a kernel of this size: 77.15 px for 512).
+    The released code's weights: an OpenCV-style normalised Gaussian with that sigma, of length ``size``
+    when odd; when even, of length ``size + 1`` with its first tap dropped. So for even sizes the peak is at index ``size // 2 - 1`` (255 for 512), half a pixel
+    before the geometric centre, and the weight is not mirror-symmetric. The 2-D weight is the outer
+    product of that 1-D kernel with itself.
     """
     sig = 0.3 * ((size - 1) / 2 - 1) + 0.8
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(x * x) / (2.0 * sig * sig))
-    g /= g.sum()
+    n = size + 1 if size % 2 == 0 else size
+    x = np.arange(n, dtype=np.float64) - (n - 1) * 0.5
+    g = np.exp((-0.5 / (sig * sig)) * x * x)
+    g *= 1.0 / g.sum()
+    if n != size:
+        g = g[1:]
     return np.outer(g, g)
 
 

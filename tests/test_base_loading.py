@@ -271,8 +271,15 @@ def test_negative_prompt_embedding(tiny_folder, cache):
 
 
 def test_prompt_texts():
-    assert prompts.PROMPT.startswith("Cinematic, high-contrast") and prompts.PROMPT.endswith("without deformations")
-    assert "noisy,painting" in prompts.NEGATIVE_PROMPT
+    """Verbatim from INVSR.md / InvSR's sampler_invsr.py: any changed character changes the embedding."""
+    assert prompts.PROMPT == (
+        "Cinematic, high-contrast, photo-realistic, 8k, ultra HD, meticulous detailing, hyper sharpness, "
+        "perfect without deformations"
+    )
+    assert prompts.NEGATIVE_PROMPT == (
+        "Low quality, blurring, jpeg artifacts, deformed, over-smooth, cartoon, noisy,painting, drawing, sketch, "
+        "oil painting"
+    )
 
 
 def test_minimal_folder_with_shipped_embedding(tiny_folder, tmp_path, cache):

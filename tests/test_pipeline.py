@@ -131,3 +131,46 @@ def test_bad_schedule_is_refused(tiny_pipeline):
         tiny_pipeline.upscale(img, steps=6)
     with pytest.raises(ScheduleError):
         tiny_pipeline.upscale(img, timesteps="100,200")
+
+
+def test_encode_is_plain_bicubic_then_posterior_sample(tiny_pipeline):
+    """z_lr = 0.18215 * (mean + std * noise) of VAE(2 * bicubic_x4_without_antialias(lr) - 1)."""
+    from invsr_runtime.resize import bicubic_resize
+
+    pipe = tiny_pipeline
+    lr, vae_noise, _ = _tiles(pipe, 1)
+    t = pipe.base.tile
+
+    def posterior_sample(antialias):
+        up = bicubic_resize(lr[0].permute(1, 2, 0).numpy(), 4 * t, 4 * t, antialias=antialias)
+        x = torch.from_numpy(up).permute(2, 0, 1)[None] * 2 - 1
+        with torch.no_grad():
+            dist = pipe.base.vae.encode(x).latent_dist
+        return 0.18215 * (dist.mean + torch.exp(0.5 * dist.logvar) * vae_noise)
+
+    got = pipe.encode(lr, vae_noise)
+    assert pipe.scaling_factor == pytest.approx(0.18215)
+    torch.testing.assert_close(got, posterior_sample(False), atol=1e-5, rtol=0)
+    assert (got - posterior_sample(True)).abs().max() > 1e-4  # the antialiased kernel would be caught
+
+
+def test_predictor_sees_the_lr_tile_at_its_own_size(tiny_pipeline, monkeypatch):
+    """Predictor input: the LR tile itself (not upsampled), in [0, 1]; its timestep is the network one."""
+    pipe = tiny_pipeline
+    lr, vae, pred = _tiles(pipe, 2)
+    seen = []
+    real = pipe.predictor.forward
+
+    def spy(x, t):
+        seen.append((x.clone(), t))
+        return real(x, t)
+
+    monkeypatch.setattr(pipe.predictor, "forward", spy)
+    pipe.upscale_tiles(lr, pipe.schedule(None, "150,50"), vae, pred)
+    assert len(seen) == 1 and seen[0][1] == 149
+    torch.testing.assert_close(seen[0][0], lr, atol=0, rtol=0)
+    monkeypatch.undo()
+    with torch.no_grad():
+        moments = pipe.predictor(lr, 149)
+    want = moments[:, :4] + torch.exp(0.5 * moments[:, 4:]) * pred
+    torch.testing.assert_close(pipe.predict_noise(lr, 149, pred), want, atol=1e-6, rtol=0)

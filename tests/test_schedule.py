@@ -121,6 +121,8 @@ def test_bad_step_count_message():
         (None, (200.5,), "not an integer"),
         (None, "", "not an integer|empty"),
         (None, (), "empty"),
+        (None, (250, 200, 150, 100, 50, 25), "1 to 5 steps"),
+        (None, "6,5,4,3,2,1", "1 to 5 steps"),
     ],
 )
 def test_bad_timesteps(steps, given, match):

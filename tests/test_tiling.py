@@ -114,14 +114,34 @@ def test_one_pixel_pads_to_constant():
     np.testing.assert_array_equal(padded, np.float32(0.7))
 
 
-def test_gaussian_weight_sigma():
-    size = 512
+def _opencv_gaussian(n, sigma):
+    """cv2.getGaussianKernel(n, sigma, CV_64F) written out (OpenCV's documented formula)."""
+    x = np.arange(n) - (n - 1) * 0.5
+    g = np.exp(-0.5 / sigma**2 * x * x)
+    return g / g.sum()
+
+
+def _invsr_kernel_1d(k):
+    """InvSR's ImageSpliterTh.generate_kernel_1d: even k -> getGaussianKernel(k + 1)[1:]."""
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+    return _opencv_gaussian(k + 1, sigma)[1:] if k % 2 == 0 else _opencv_gaussian(k, sigma)
+
+
+@pytest.mark.parametrize("size", [512, 128, 64, 7])
+def test_gaussian_weight_is_invsrs(size):
     w = gaussian_weight(size)
     assert w.shape == (size, size) and w.dtype == np.float64
+    np.testing.assert_allclose(w, np.outer(_invsr_kernel_1d(size), _invsr_kernel_1d(size)), rtol=1e-12, atol=0)
+
+
+def test_gaussian_weight_sigma_and_peak():
+    size = 512
+    w = gaussian_weight(size)
     np.testing.assert_allclose(w, w.T)
-    np.testing.assert_allclose(w, w[::-1, ::-1])
-    row = w[255]  # 1-D profile up to a constant factor; x measured from the centre 255.5
-    x_i, x_j = 255.5, 0.5  # columns 511 and 256
+    # InvSR drops the first tap of a 513-tap kernel: the peak is at 255, not at the geometric centre 255.5.
+    assert np.argmax(w[255]) == 255 and w[255, 255] > w[255, 256] == pytest.approx(w[255, 254])
+    row = w[255]  # 1-D profile up to a constant factor; x measured from the peak 255
+    x_i, x_j = 256.0, 1.0  # columns 511 and 256
     sigma = np.sqrt((x_i**2 - x_j**2) / (2 * np.log(row[256] / row[511])))
     assert sigma == pytest.approx(77.15, abs=1e-6)
 
@@ -139,7 +159,8 @@ def test_blend_is_weighted_average():
     np.testing.assert_allclose(out[:, 64:], 1.0)
     overlap = out[:, 32:64]
     assert np.all(np.diff(overlap, axis=1) > 0)  # moves from tile 0's value towards tile 1's
-    np.testing.assert_allclose(overlap + overlap[:, ::-1], 1.0, atol=1e-6)  # symmetric Gaussians
+    g = _invsr_kernel_1d(64)
+    np.testing.assert_allclose(overlap, np.broadcast_to(g[:32] / (g[32:] + g[:32]), overlap.shape), atol=1e-6)
 
 
 def test_blender_errors():
