@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m invsr_train.demo --out $(DEMO)
+	$(BIN)/python -m invsr_export.demo --out $(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from invsr_runtime.colorfix import apply_color_fix, color_reference
-from invsr_runtime.noise import tile_noise
+from invsr_runtime.pnp import upscale_rgb
 from invsr_runtime.schedule import Schedule, make_schedule, resolve_timesteps
-from invsr_runtime.tiling import TileBlender, extract_tiles, pad_image, plan_tiles
 
 from .models.base import BaseModels
 from .models.noise_predictor import NoisePredictor, sample_from_moments
@@ -111,27 +109,30 @@ class ReferencePipeline:
         tile: int | None = None,
         on_tile: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """RGB image HWC float32 in [0,1], any size -> 4h x 4w HWC float32 in [0,1]."""
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB image of shape HxWx3, got {image.shape}")
+        """RGB image HWC float32 in [0,1], any size -> 4h x 4w HWC float32 in [0,1].
+
+        The tiling, noise and blending loop is the runtime's own (`invsr_runtime.pnp.upscale_rgb`), so
+        the reference and every backend cut, seed and blend tiles identically.
+        """
         schedule = self.schedule(steps, timesteps)
-        plan = plan_tiles(image.shape[0], image.shape[1], tile=tile or self.base.tile, scale=SCALE)
-        padded = pad_image(image.astype(np.float32), plan)
-        blender = TileBlender(plan, channels=3)
-        latent = plan.tile * SCALE // 8
-        n = len(plan.origins)
-        for start in range(0, n, tile_batch):
-            idx = list(range(start, min(start + tile_batch, n)))
-            tiles = torch.from_numpy(extract_tiles(padded, plan, idx)).permute(0, 3, 1, 2).contiguous()
-            noises = [tile_noise(seed, i, (latent, latent)) for i in idx]
-            vae_noise = torch.from_numpy(np.stack([v for v, _ in noises]))
-            pred_noise = torch.from_numpy(np.stack([p for _, p in noises]))
-            out = self.upscale_tiles(tiles, schedule, vae_noise, pred_noise)
-            for i, tile_out in zip(idx, out.permute(0, 2, 3, 1).cpu().numpy()):
-                blender.add(i, tile_out)
-            if on_tile is not None:
-                on_tile(idx[-1] + 1, n)
-        result = blender.result()
-        if color_fix != "none":
-            result = apply_color_fix(result, color_reference(image, scale=SCALE), color_fix)
-        return np.clip(result, 0.0, 1.0).astype(np.float32)
+        chain = _ReferenceChain(self, tile or self.base.tile, tile_batch)
+        return upscale_rgb(chain, image, schedule, color_fix=color_fix, seed=seed, tile_batch=tile_batch,
+                           on_tiles=on_tile)
+
+
+class _ReferenceChain:
+    """Presents the reference pipeline as a runtime backend of variable batch (no padding of the last batch)."""
+
+    scale = SCALE
+    fixed_batch = False
+
+    def __init__(self, pipe: ReferencePipeline, tile: int, batch: int) -> None:
+        if batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {batch}")
+        self.pipe, self.tile, self.batch = pipe, tile, batch
+
+    def run_chain(self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule) -> np.ndarray:
+        """One batch of LR tiles [B,3,T,T] + noises [B,4,L,L] (numpy) -> HR tiles [B,3,4T,4T] float32."""
+        out = self.pipe.upscale_tiles(torch.from_numpy(lr), schedule, torch.from_numpy(vae_noise),
+                                      torch.from_numpy(pred_noise))
+        return out.cpu().numpy()

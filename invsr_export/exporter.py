@@ -1,0 +1,345 @@
+"""The export job: models -> four ONNX graphs -> precision pass -> validation -> (TensorRT engines) -> folder.
+
+`run_export` is what `invsr-export` runs; it reports progress per component and stage through a callback
+and returns an `ExportReport` for the summary table. Everything is written into a staging folder that
+replaces --out only when the whole job (validation gate included) succeeded.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from invsr_runtime.manifest import COMPONENTS, PRECISIONS
+from invsr_runtime.schedule import DEFAULT_TIMESTEPS
+
+from . import engine_folder, tensorrt_build
+from .onnx_export import DEFAULT_OPSET, export_module, graph_files, onnx_digest, sha256_file
+
+logger = logging.getLogger(__name__)
+
+#: progress(component, stage, seconds or None when starting)
+Progress = Callable[[str, str, "float | None"], None]
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: The LR tile must give a latent divisible by 8 (the UNet downsamples it 3 times): T/2 % 8 == 0.
+TILE_MULTIPLE = 16
+
+
+class ExportOptionError(ValueError):
+    """An option value that cannot work (tile size, batch, ...); one line."""
+
+
+@dataclass
+class ExportOptions:
+    """Everything `invsr-export` can be told (see `invsr-export --help`)."""
+
+    out: Path
+    precision: str = "fp16"
+    backend: str = "auto"
+    base: str = "stabilityai/sd-turbo"
+    predictor: str = "hub"
+    tile: int | None = None
+    batch: int = 1
+    calib_images: Path | None = None
+    calib_tiles: int = 32
+    opset: int = DEFAULT_OPSET
+    force: bool = False
+    validate: bool = True
+    gate: bool = True
+    gate_db: float | None = None
+    validate_tiles: int = 4
+    validate_steps: tuple[int, ...] = (1, 2)
+    workspace_mib: int = 4096
+    optimization_level: int = 3
+    version_compatible: bool = False
+    timing_cache: Path | None = None
+    engine_cache: Path | None = None
+
+
+@dataclass
+class ComponentReport:
+    """One row of the summary table."""
+
+    name: str
+    file: str = ""
+    precision: str = ""
+    size_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExportReport:
+    """What the CLI prints at the end."""
+
+    out: Path
+    backend: str
+    backend_reason: str
+    precision: str
+    components: dict[str, ComponentReport]
+    validation: dict[str, Any]
+    seconds: float = 0.0
+
+
+def resolve_backend(requested: str) -> tuple[str, "tensorrt_build.TrtEnvironment | None", str]:
+    """(backend, TensorRT environment or None, why). `tensorrt` without TensorRT/GPU raises at once."""
+    if requested not in BACKENDS:
+        raise ExportOptionError(f"unknown backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested == "onnxruntime":
+        return "onnxruntime", None, "requested"
+    try:
+        env = tensorrt_build.probe()
+    except tensorrt_build.TensorRTUnavailable as exc:
+        if requested == "tensorrt":
+            raise
+        return "onnxruntime", None, f"auto: {str(exc).split(';')[0]}"
+    return "tensorrt", env, f"auto: TensorRT {env.tensorrt_version} on {env.gpu_name}" if requested == "auto" else "requested"
+
+
+def check_options(opts: ExportOptions, base_tile: int | None = None) -> int | None:
+    """Validate precision / batch / tile before anything heavy; returns the tile (None: not known yet)."""
+    if opts.precision not in PRECISIONS:
+        raise ExportOptionError(f"unknown precision {opts.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if opts.batch < 1:
+        raise ExportOptionError(f"--batch must be >= 1, got {opts.batch}")
+    if opts.calib_tiles < 1 or opts.validate_tiles < 1:
+        raise ExportOptionError("--calib-tiles and --validate-tiles must be >= 1")
+    bad_steps = [s for s in opts.validate_steps if s not in DEFAULT_TIMESTEPS]
+    if bad_steps or not opts.validate_steps:
+        raise ExportOptionError(f"--validate-steps takes step counts 1..5, got {list(opts.validate_steps)}")
+    tile = opts.tile if opts.tile is not None else base_tile
+    if tile is not None and (tile < TILE_MULTIPLE or tile % TILE_MULTIPLE):
+        raise ExportOptionError(f"--tile must be a positive multiple of {TILE_MULTIPLE} (e.g. 128), got {tile}")
+    return tile
+
+
+def _example_args(io) -> list:
+    """Deterministic tracing inputs of the graph's shapes (values only need to be plausible)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    values = {"timestep": 199.0, "sigma": 0.5693, "sigma_next": 0.0}
+    args = []
+    for t in io.inputs:
+        if t.name in values:
+            args.append(torch.full(t.shape, values[t.name]))
+        else:
+            args.append(torch.rand(t.shape, generator=gen))
+    return args
+
+
+def _timed(progress: Progress, report: ComponentReport, stage: str, fn: Callable[[], Any]) -> Any:
+    progress(report.name, stage, None)
+    t0 = time.perf_counter()
+    result = fn()
+    report.seconds[stage] = time.perf_counter() - t0
+    progress(report.name, stage, report.seconds[stage])
+    return result
+
+
+def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> ExportReport:
+    """The whole job; raises on any failure (nothing is left at --out then)."""
+    from invsr_train.models.base import load_base, load_predictor
+    from invsr_train.pipeline import ReferencePipeline
+    from invsr_train.prompts import PROMPT
+
+    from .wrappers import build_wrappers, graph_specs
+
+    t_start = time.perf_counter()
+    check_options(opts)  # before anything heavy
+    backend, env, reason = resolve_backend(opts.backend)
+    engine_folder.check_output(Path(opts.out), opts.force)
+    base = load_base(opts.base)
+    predictor = load_predictor(opts.predictor, base_name=base.name)
+    tile = check_options(opts, base.tile)
+    embeds = base.prompt_embeds.float().cpu().numpy()
+    specs = graph_specs(opts.batch, tile, int(embeds.shape[-1]), int(embeds.shape[-2]))
+    wrappers = build_wrappers(base, predictor)
+    reports = {name: ComponentReport(name, precision=_component_precision(name, opts.precision)) for name in COMPONENTS}
+    with engine_folder.staging(Path(opts.out), opts.force) as stage:
+        work = stage / ".work"
+        work.mkdir()
+        final_dir = stage if backend == "onnxruntime" else work
+        paths = _export_graphs(opts, wrappers, specs, work, final_dir, reports, progress)
+        notes = _precision_pass(opts, base, wrappers, tile, work, final_dir, paths, reports, progress)
+        validation = _validate(opts, ReferencePipeline(base, predictor), wrappers, tile, paths, reports, progress)
+        digests = {name: onnx_digest(p) for name, p in paths.items()}
+        files, trt_info = _finish_files(opts, backend, env, stage, paths, digests, specs, reports, progress)
+        engine_folder.write_prompt_embeds(stage, embeds)
+        provenance = _provenance(opts, base, predictor, tile, digests, notes, trt_info)
+        components = {n: engine_folder.component_spec(files[n], specs[n], sha256_file(stage / files[n]))
+                      for n in COMPONENTS}
+        manifest = engine_folder.build_manifest(
+            backend=backend, precision=opts.precision, tile=tile, batch=opts.batch, base=base,
+            components=components, default_timesteps=DEFAULT_TIMESTEPS, prompt=PROMPT,
+            provenance=provenance, validation=validation)
+        shutil.rmtree(work)
+        manifest.save(stage)
+    return ExportReport(Path(opts.out), backend, reason, opts.precision, reports, validation,
+                        time.perf_counter() - t_start)
+
+
+def _component_precision(name: str, precision: str) -> str:
+    """What each graph becomes: only the UNet is quantized; the rest is FP16 in int8/fp8 folders."""
+    if precision in ("int8", "fp8") and name != "unet":
+        return "fp16"
+    return precision
+
+
+def _export_graphs(opts, wrappers, specs, work: Path, final_dir: Path, reports, progress) -> dict[str, Path]:
+    """FP32 ONNX of every component (straight into the final place when the precision is fp32)."""
+    paths = {}
+    for name in COMPONENTS:
+        io = specs[name]
+        dst = (final_dir / f"{name}.onnx") if opts.precision == "fp32" else (work / f"{name}.fp32.onnx")
+        _timed(progress, reports[name], "export", lambda: export_module(
+            wrappers[name], _example_args(io), io.input_names, io.output_names, dst, opts.opset))
+        paths[name] = dst
+        gc.collect()
+    return paths
+
+
+def _precision_pass(opts, base, wrappers, tile, work, final_dir, paths, reports, progress) -> dict:
+    """FP16 conversion of every graph, Q/DQ for the UNet in int8/fp8; rewrites `paths` in place."""
+    from .precision_fp16 import convert_fp16
+
+    if opts.precision == "fp32":
+        return {}
+    notes: dict[str, Any] = {"fp16": {"library": "onnxruntime.transformers.float16.convert_float_to_float16",
+                                      "kept_fp32": "normalisation statistics, wrapper arithmetic, timestep "
+                                                   "sinusoid, predictor softmax"}}
+    for name in COMPONENTS:
+        src, dst = paths[name], final_dir / f"{name}.onnx"
+        if name == "unet" and opts.precision in ("int8", "fp8"):
+            notes["quantization"] = _timed(progress, reports[name], "calibrate+quantize",
+                                           lambda: _quantize(opts, base, wrappers, tile, src, dst))
+        else:
+            _timed(progress, reports[name], "fp16", lambda: convert_fp16(src, dst, fp32_softmax=(name == "predictor")))
+        for file in graph_files(src):
+            file.unlink()
+        paths[name] = dst
+        gc.collect()
+    return notes
+
+
+def _quantize(opts, base, wrappers, tile, src: Path, dst: Path) -> dict:
+    from .calibration import calibration_feeds
+    from .quantize import quantize_unet
+
+    feeds = calibration_feeds(wrappers, base.prompt_embeds.float().cpu().numpy(), base.alphas_cumprod, tile,
+                              opts.batch, tiles=opts.calib_tiles, images=opts.calib_images)
+    notes = quantize_unet(src, dst, opts.precision, feeds)
+    notes["calibration_images"] = str(opts.calib_images) if opts.calib_images else "scikit-image sample photos"
+    notes["calibration_timesteps"] = sorted({t for ts in DEFAULT_TIMESTEPS.values() for t in ts}, reverse=True)
+    return notes
+
+
+def _validate(opts, pipeline, wrappers, tile, paths, reports, progress) -> dict[str, Any]:
+    """ORT vs the PyTorch reference; raises ValidationFailed when the gate is enforced and missed."""
+    from .validate import check_gate, validate
+
+    if not opts.validate:
+        return {"skipped": True, "reason": "--no-validate"}
+    result = _timed(progress, reports["unet"], "validate", lambda: validate(
+        paths, pipeline, wrappers, opts.precision, tile, opts.batch, tiles=opts.validate_tiles,
+        steps=opts.validate_steps, images=None, gate_db=opts.gate_db))
+    for name, errors in result.components.items():
+        reports[name].errors = errors
+    check_gate(result, enforce=opts.gate)
+    out = result.to_dict()
+    out["gate_enforced"] = opts.gate
+    return out
+
+
+def _finish_files(opts, backend, env, stage, paths, digests, specs, reports, progress):
+    """ORT: the graphs already sit in the folder. TensorRT: build (or fetch cached) plans into it."""
+    files = {name: p.name for name, p in paths.items()}
+    if backend == "onnxruntime":
+        for name, p in paths.items():
+            reports[name].file = p.name
+            reports[name].size_bytes = sum(f.stat().st_size for f in graph_files(p))
+        return files, None
+    options = tensorrt_build.BuildOptions(opts.workspace_mib, opts.optimization_level,
+                                          str(opts.timing_cache) if opts.timing_cache else None,
+                                          opts.version_compatible)
+    cache_dir = opts.engine_cache or _default_engine_cache()
+    keys = {}
+    for name, p in paths.items():
+        shapes = {t.name: t.shape for t in specs[name].inputs}
+        plan, key, hit = _timed(progress, reports[name], "engine", lambda: tensorrt_build.cached_engine(
+            p, digests[name], stage / f"{name}.plan", opts.precision, shapes, env, options, cache_dir))
+        keys[name] = {"key": key, "cached": hit}
+        files[name] = plan.name
+        reports[name].file = plan.name
+        reports[name].size_bytes = plan.stat().st_size
+    info = {"tensorrt_version": env.tensorrt_version, "gpu_name": env.gpu_name,
+            "compute_capability": env.compute_capability, "engine_cache": str(cache_dir), "engines": keys,
+            "timing_cache": str(opts.timing_cache) if opts.timing_cache else None}
+    return files, info
+
+
+def _default_engine_cache() -> Path:
+    from invsr_train.prompts import cache_dir
+
+    return cache_dir() / "engines"
+
+
+def _predictor_sha256(spec: str, predictor) -> str:
+    """sha256 of the predictor checkpoint file; for hub / synthetic specs without a local file, of its weights."""
+    path = Path(spec).expanduser()
+    if spec == "hub":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            from invsr_train.models.base import PREDICTOR_FILE, PREDICTOR_REPO
+
+            cached = try_to_load_from_cache(PREDICTOR_REPO, PREDICTOR_FILE)
+            path = Path(cached) if isinstance(cached, str) else path
+        except ImportError:
+            pass
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for key, value in predictor.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return "state_dict:" + digest.hexdigest()
+
+
+def _build_flags(opts: ExportOptions, tensorrt: bool) -> list[str]:
+    """The build settings as flat strings (what the runtime prints and checks)."""
+    flags = [f"precision={opts.precision}", f"opset={opts.opset}"]
+    if tensorrt:
+        flags += ["strongly_typed", f"workspace_mib={opts.workspace_mib}",
+                  f"builder_optimization_level={opts.optimization_level}"]
+        if opts.version_compatible:
+            flags.append("version_compatible")
+    return flags
+
+
+def _provenance(opts, base, predictor, tile, digests, notes, trt_info) -> dict[str, Any]:
+    """Where the folder came from: models, hashes, tools, build flags."""
+    info = {k: v for k, v in base.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        "base": base.name,
+        "base_info": info,
+        "predictor": str(opts.predictor),
+        "predictor_sha256": _predictor_sha256(str(opts.predictor), predictor),
+        "onnx_sha256": digests,
+        "opset": opts.opset,
+        "tile": tile,
+        "batch": opts.batch,
+        "tools": engine_folder.tool_versions(),
+        "tensorrt_version": trt_info["tensorrt_version"] if trt_info else None,
+        "gpu_name": trt_info["gpu_name"] if trt_info else None,
+        "gpu_compute_capability": trt_info["compute_capability"] if trt_info else None,
+        "tensorrt": trt_info,
+        "build_flags": _build_flags(opts, trt_info is not None),
+        "precision_pass": notes,
+        "exporter": "torch.onnx.export(dynamo=False) + onnxscript optimizer",
+    }

@@ -1,0 +1,128 @@
+"""What every backend offers the PnP loop: run the whole tile chain on one engine batch.
+
+A backend owns the four graphs of an engine folder. The loop hands it one batch of LR tiles, their two
+noises and the schedule; the backend returns the HR tiles. Backends that run named graphs on named
+numpy arrays (ONNX Runtime) get the chain for free from `ArrayBackend`; the TensorRT backend chains
+device buffers instead and replays the whole chain as one CUDA graph.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..manifest import COMPONENTS, Manifest, ManifestError
+from ..schedule import Schedule
+
+#: The graph contract (docs/INTERFACES.md): input and output names of each component.
+GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vae_encoder": (("lr", "noise"), ("latent_lr",)),
+    "predictor": (("lr", "timestep", "noise", "latent_lr", "sigma"), ("latent",)),
+    "unet": (("latent", "timestep", "sigma", "sigma_next", "encoder_hidden_states"), ("latent_next",)),
+    "vae_decoder": (("latent",), ("image",)),
+}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run this engine folder here; the message says why and what to do."""
+
+
+def check_contract(manifest: Manifest, folder: Path) -> None:
+    """Refuse a manifest whose graphs do not have the contract's input/output names."""
+    for name in COMPONENTS:
+        spec = manifest.components[name]
+        want_in, want_out = GRAPH_IO[name]
+        have_in = {t.name for t in spec.inputs}
+        have_out = {t.name for t in spec.outputs}
+        if have_in != set(want_in) or not set(want_out) <= have_out:
+            raise ManifestError(
+                f"{folder}: {name} has inputs {sorted(have_in)} / outputs {sorted(have_out)}, the runtime "
+                f"expects {list(want_in)} / {list(want_out)}; rebuild it with `invsr-export --out DIR`"
+            )
+
+
+def load_prompt_embeds(folder: Path, manifest: Manifest) -> np.ndarray:
+    """The fixed prompt's embedding [1, 77, D] float32 from the engine folder."""
+    path = folder / manifest.prompt_embeds
+    try:
+        embeds = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: unreadable prompt embedding ({exc}); rebuild with `invsr-export`") from None
+    embeds = np.asarray(embeds, dtype=np.float32)
+    return embeds[None] if embeds.ndim == 2 else embeds
+
+
+class Backend(abc.ABC):
+    """Runs the tile chain of one engine folder; fixed engine batch and tile size from the manifest."""
+
+    name = "base"
+
+    def __init__(self, folder: str | Path, manifest: Manifest) -> None:
+        self.folder = Path(folder)
+        self.manifest = manifest
+        check_contract(manifest, self.folder)
+        self.prompt_embeds = load_prompt_embeds(self.folder, manifest)
+
+    @property
+    def batch(self) -> int:
+        """Tiles per graph call (fixed when the engines were built)."""
+        return int(self.manifest.batch)
+
+    @property
+    def tile(self) -> int:
+        """LR tile size in pixels."""
+        return int(self.manifest.tile)
+
+    @property
+    def scale(self) -> int:
+        """Upscaling factor."""
+        return int(self.manifest.scale)
+
+    def dtype_of(self, component: str, tensor: str) -> np.dtype:
+        """The numpy dtype the manifest declares for one graph input (float32 if unknown)."""
+        for spec in self.manifest.components[component].inputs:
+            if spec.name == tensor:
+                return np.dtype(spec.dtype)
+        return np.dtype(np.float32)
+
+    @abc.abstractmethod
+    def run_chain(
+        self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule
+    ) -> np.ndarray:
+        """One engine batch: lr [B,3,T,T] in [0,1] + noises [B,4,L,L] -> image [B,3,sT,sT] float32."""
+
+    def close(self) -> None:
+        """Release sessions / device memory (idempotent)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArrayBackend(Backend):
+    """A backend that runs one named graph at a time on named numpy arrays."""
+
+    @abc.abstractmethod
+    def run_graph(self, component: str, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run one graph; return its (single) contract output."""
+
+    def run_chain(
+        self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule
+    ) -> np.ndarray:
+        from ..pnp import chain_feeds
+
+        latent_lr = self.run_graph("vae_encoder", self._cast("vae_encoder", {"lr": lr, "noise": vae_noise}))
+        feeds = chain_feeds(schedule, lr.shape[0], self.prompt_embeds)
+        pred = dict(feeds.predictor, lr=lr, noise=pred_noise, latent_lr=latent_lr)
+        latent = self.run_graph("predictor", self._cast("predictor", pred))
+        for step in feeds.unet_steps:
+            latent = self.run_graph("unet", self._cast("unet", dict(step, latent=latent)))
+        return self.run_graph("vae_decoder", self._cast("vae_decoder", {"latent": latent}))
+
+    def _cast(self, component: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Feeds in the dtypes the manifest declares, C-contiguous."""
+        return {k: np.ascontiguousarray(v, dtype=self.dtype_of(component, k)) for k, v in feeds.items()}

@@ -1,0 +1,268 @@
+"""`invsr-run ENGINE_DIR INPUT... -o OUTDIR`: upscale image files x4 from an engine folder.
+
+Exit status: 0 all done (or skipped), 1 some images failed (the others are still written),
+2 usage or engine-folder errors (nothing processed). Problems are one line on stderr: `error: ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .colorfix import COLOR_FIXES
+from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or an unusable engine folder: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{message} (see invsr-run --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="invsr-run", description="InvSR x4 super-resolution from an engine folder (ONNX or TensorRT).")
+    p.add_argument("engine_dir", help="engine folder written by invsr-export")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps 1..5 (default 1, or the count of --timesteps)")
+    p.add_argument("--timesteps", default=None, help="custom timesteps, strictly decreasing in 1..250, e.g. 200,100")
+    p.add_argument("--color-fix", default="none", choices=COLOR_FIXES, help="colour correction (default none)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (>= 0); same seed, same output (default 0)")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="tiles per round, rounded up to a multiple of the engine batch (default: the engine batch)")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+                   help="default auto: what the folder holds")
+    p.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default png)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
+    return p
+
+
+@dataclass
+class Job:
+    """One input file and where its result goes (or why it cannot be done)."""
+
+    src: Path
+    dst: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class Tally:
+    """What happened, for the summary."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------- arguments
+def check_args(args: argparse.Namespace) -> None:
+    """Validate everything that needs no file access; UsageError otherwise."""
+    if args.steps is not None and not 1 <= args.steps <= 5:
+        raise UsageError(f"--steps must be 1..5, got {args.steps}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.tile_batch is not None and args.tile_batch < 1:
+        raise UsageError(f"--tile-batch must be >= 1, got {args.tile_batch}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"{args.out}: exists and is not a folder; pass an output folder to -o")
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _folder_images(folder: Path, recursive: bool, outdir: Path) -> list[Path]:
+    """Image files in a folder (by suffix; hidden files and the output folder left out), sorted."""
+    pattern = folder.rglob("*") if recursive else folder.glob("*")
+    found = []
+    for path in pattern:
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and outdir not in path.resolve().parents:
+            found.append(path)
+    return sorted(found)
+
+
+def plan_jobs(inputs: Sequence[str], outdir: Path, fmt: str, recursive: bool) -> list[Job]:
+    """Expand files and folders into jobs; OUTDIR/<stem>.<ext> (subfolders mirrored with --recursive)."""
+    suffix = OUTPUT_FORMATS[fmt][1]
+    out_resolved = outdir.resolve()
+    jobs: list[Job] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            images = _folder_images(path, recursive, out_resolved)
+            if not images:
+                hint = "" if recursive else " (use --recursive for subfolders)"
+                jobs.append(Job(path, error=f"{path}: no images found in this folder{hint}"))
+            jobs += [Job(src, outdir / src.relative_to(path).parent / (src.stem + suffix)) for src in images]
+        elif path.is_file():
+            jobs.append(Job(path, outdir / (path.stem + suffix)))
+        else:
+            jobs.append(Job(path, error=f"{path}: no such file or folder"))
+    return _refuse_clashes(jobs)
+
+
+def _refuse_clashes(jobs: list[Job]) -> list[Job]:
+    """An output may never be an input, nor be written by two inputs."""
+    inputs = {job.src.resolve() for job in jobs if job.error is None}
+    claimed: dict[Path, Path] = {}
+    for job in jobs:
+        if job.error is not None or job.dst is None:
+            continue
+        dst = job.dst.resolve()
+        if dst in inputs:
+            job.error = f"{job.src}: output {job.dst} would overwrite an input; choose another -o or --format"
+        elif dst in claimed:
+            job.error = f"{job.src}: output {job.dst} is also the output of {claimed[dst]}; rename one of them"
+        else:
+            claimed[dst] = job.src
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------ running
+class _TqdmHandler(logging.Handler):
+    """Library warnings as `warning: ...` lines that do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger("invsr_runtime")
+    if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        root.addHandler(_TqdmHandler())
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
+def _error(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+def _run_one(upscaler, job: Job, args: argparse.Namespace, schedule) -> float:
+    """Read, upscale and write one image; returns seconds; raises ImageReadError / others on failure."""
+    from tqdm import tqdm
+
+    from .imageio import read_picture, write_picture
+
+    start = time.perf_counter()
+    pic = read_picture(job.src)
+    bar = None
+
+    def on_tiles(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and total > upscaler.backend.batch:
+            bar = tqdm(total=total, desc=job.src.name, unit="tile", leave=False, file=sys.stderr, disable=None)
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        out = upscaler.upscale_picture(pic, schedule, color_fix=args.color_fix, seed=args.seed, on_tiles=on_tiles)
+    finally:
+        if bar is not None:
+            bar.close()
+    for note in write_picture(out, job.dst, args.format):
+        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
+    return time.perf_counter() - start
+
+
+def process(jobs: list[Job], upscaler, args: argparse.Namespace, schedule, tally: Tally) -> None:
+    """Run every job, counting into `tally`; one failure never stops the others."""
+    from tqdm import tqdm
+
+    from .imageio import ImageReadError
+
+    for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr, disable=None):
+        if job.error is not None:
+            _error(job.error)
+            tally.failed += 1
+            continue
+        try:
+            tally.seconds.append(_run_one(upscaler, job, args, schedule))
+            tally.done += 1
+        except ImageReadError as exc:
+            _error(str(exc))
+            tally.failed += 1
+        except Exception as exc:  # noqa: BLE001 - report the image, carry on with the others
+            first = (str(exc).strip().splitlines() or ["failed"])[0]
+            _error(f"{job.src}: {type(exc).__name__}: {first}")
+            tally.failed += 1
+
+
+def summary(tally: Tally, elapsed: float) -> str:
+    """The closing line: counts and time per image."""
+    per = f", {sum(tally.seconds) / len(tally.seconds):.2f} s per image" if tally.seconds else ""
+    return f"done {tally.done}, skipped {tally.skipped}, failed {tally.failed} in {elapsed:.1f} s{per}"
+
+
+def _skip_existing(jobs: list[Job], overwrite: bool, tally: Tally) -> list[Job]:
+    """Leave out jobs whose output exists (unless --overwrite); counted as skipped."""
+    if overwrite:
+        return jobs
+    todo = []
+    for job in jobs:
+        if job.error is None and job.dst is not None and job.dst.exists():
+            tally.skipped += 1
+        else:
+            todo.append(job)
+    return todo
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The whole command; returns the exit status."""
+    from .backends import BackendError
+    from .manifest import ManifestError, load_manifest
+    from .schedule import ScheduleError
+    from .upscaler import Upscaler, schedule_for
+
+    start = time.perf_counter()
+    tally = Tally()
+    try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
+        manifest = load_manifest(args.engine_dir)
+        try:
+            schedule = schedule_for(manifest, args.steps, args.timesteps)
+        except ScheduleError as exc:
+            raise UsageError(f"{'--timesteps' if args.timesteps is not None else '--steps'}: {exc}") from None
+        jobs = plan_jobs(args.inputs, Path(args.out), args.format, args.recursive)
+        jobs = _skip_existing(jobs, args.overwrite, tally)
+        upscaler = None
+        if any(job.error is None for job in jobs):
+            upscaler = Upscaler(args.engine_dir, backend=args.backend, tile_batch=args.tile_batch)
+    except (UsageError, ManifestError, BackendError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    process(jobs, upscaler, args, schedule, tally)
+    print(summary(tally, time.perf_counter() - start))
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (`invsr-run`)."""
+    _setup_logging()
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The Python API: `Upscaler(engine_dir).upscale(image, steps=1, ...)` for PIL images and numpy arrays.
+
+    from invsr_runtime import Upscaler
+    up = Upscaler("engines/")                       # backend="auto": whatever the folder was built for
+    big = up.upscale(Image.open("photo.png"), steps=1, color_fix="wavelet", seed=0)
+
+The result has the input's type and form: a PIL image comes back in the same kind of mode (gray stays
+gray, alpha is upscaled separately with bicubic and re-attached, 16-bit gray stays 16-bit); a numpy
+array comes back with the same dtype (uint8, uint16, float in [0, 1]) and channel layout.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar, Union
+
+import numpy as np
+
+from .backends import Backend, open_backend
+from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
+from .manifest import Manifest, load_manifest
+from .pnp import ProgressFn, upscale_rgb
+from .resize import bicubic_resize
+from .schedule import Schedule, make_schedule, resolve_timesteps
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ImageLike = TypeVar("ImageLike", bound=Union["Image.Image", np.ndarray, Picture])
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """An alpha channel upscaled with bicubic (no antialias, like the network's input), clipped to [0, 1]."""
+    h, w = alpha.shape
+    return np.clip(bicubic_resize(alpha, h * scale, w * scale, antialias=False), 0.0, 1.0)
+
+
+def schedule_for(manifest: Manifest, steps: int | None = 1,
+                 timesteps: Sequence[int] | str | None = None) -> Schedule:
+    """The validated schedule: `timesteps` if given (their count must equal `steps` unless steps is None),
+    else the folder's default timesteps for `steps` (1..5), on the folder's alphas_cumprod.
+    ScheduleError otherwise."""
+    resolved = resolve_timesteps(steps, timesteps)
+    if timesteps is None:
+        default = manifest.default_timesteps.get(str(len(resolved)))
+        resolved = resolve_timesteps(timesteps=default) if default else resolved
+    return make_schedule(resolved, np.asarray(manifest.alphas_cumprod, dtype=np.float64))
+
+
+class Upscaler:
+    """InvSR x4 super-resolution from an engine folder (ONNX Runtime or TensorRT), no PyTorch needed.
+
+    `tile_batch`: tiles cut, run and blended per round (memory knob), rounded up to a multiple of the
+    engines' fixed batch; default one engine batch. `backend_options` go to the backend (e.g.
+    `providers=[...]` for ONNX Runtime, `use_cuda_graph=False` for TensorRT).
+    """
+
+    def __init__(self, engine_dir: str | Path, backend: str = "auto", tile_batch: int | None = None,
+                 **backend_options: Any) -> None:
+        self.folder = Path(engine_dir)
+        self.manifest: Manifest = load_manifest(self.folder)
+        self.backend: Backend = open_backend(self.folder, self.manifest, backend, **backend_options)
+        self.tile_batch = tile_batch
+
+    @property
+    def scale(self) -> int:
+        """Upscaling factor (4)."""
+        return int(self.manifest.scale)
+
+    def schedule(self, steps: int | None = None, timesteps: Sequence[int] | str | None = None) -> Schedule:
+        """The validated schedule for this folder (see `schedule_for`)."""
+        return schedule_for(self.manifest, steps, timesteps)
+
+    def upscale_picture(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,
+                        on_tiles: ProgressFn | None = None) -> Picture:
+        """Upscale a decoded Picture (RGB through the network, alpha with bicubic)."""
+        rgb = upscale_rgb(self.backend, pic.rgb, schedule, color_fix=color_fix, seed=seed,
+                          tile_batch=self.tile_batch, on_tiles=on_tiles)
+        alpha = upscale_alpha(pic.alpha, self.scale) if pic.alpha is not None else None
+        return replace(pic, rgb=rgb, alpha=alpha)
+
+    def upscale(self, image: ImageLike, steps: int = 1, timesteps: Sequence[int] | str | None = None,
+                color_fix: str = "none", seed: int = 0, on_tiles: ProgressFn | None = None) -> ImageLike:
+        """Upscale a PIL image, a numpy array (HxW / HxWxC, uint8 / uint16 / float in [0, 1]) or a Picture.
+
+        `timesteps` (e.g. "200,100" or [200, 100]) override `steps` when given; `color_fix` is
+        "none", "wavelet" or "ycbcr"; the same `seed` gives the same image.
+        """
+        schedule = self.schedule(None if timesteps is not None else steps, timesteps)
+        if isinstance(image, Picture):
+            return self.upscale_picture(image, schedule, color_fix, seed, on_tiles)
+        if isinstance(image, np.ndarray):
+            pic, layout = picture_from_array(image)
+            return picture_to_array(self.upscale_picture(pic, schedule, color_fix, seed, on_tiles), layout)
+        if hasattr(image, "getbands") and hasattr(image, "mode"):
+            out = self.upscale_picture(picture_from_pil(image), schedule, color_fix, seed, on_tiles)
+            return picture_to_pil(out)
+        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+
+    def close(self) -> None:
+        """Release the backend's sessions / device memory."""
+        self.backend.close()
+
+    def __enter__(self) -> "Upscaler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
