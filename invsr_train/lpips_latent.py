@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .models.noise_predictor import strip_key_prefixes
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LPIPSWeightsError", "LatentLPIPS", "build_latent_lpips", "VGG16_LAYOUT"]
@@ -206,14 +208,7 @@ def _flatten(obj: Any) -> dict[str, Tensor]:
     for k, v in obj.items():
         if not isinstance(v, Tensor):
             continue
-        key = str(k)
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if key.startswith(p):
-                    key, changed = key[len(p) :], True
-        out[key] = v.float()
+        out[strip_key_prefixes(str(k), _PREFIXES)] = v.float()
     return out
 
 

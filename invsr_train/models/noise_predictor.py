@@ -448,20 +448,20 @@ def sample_from_moments(moments: Tensor, noise: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # Checkpoint helpers
 # --------------------------------------------------------------------------------------------------
+def strip_key_prefixes(key: str, prefixes: tuple[str, ...] = _WRAPPER_PREFIXES) -> str:
+    """Remove any run of wrapper prefixes (``module.`` / ``_orig_mod.`` by default) from one state_dict key."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
 def _strip_prefixes(sd: Mapping[str, Any]) -> dict[str, Any]:
     """Remove any run of ``module.`` / ``_orig_mod.`` prefixes from every key."""
-    out: dict[str, Any] = {}
-    for k, v in sd.items():
-        k = str(k)
-        changed = True
-        while changed:
-            changed = False
-            for p in _WRAPPER_PREFIXES:
-                if k.startswith(p):
-                    k = k[len(p) :]
-                    changed = True
-        out[k] = v
-    return out
+    return {strip_key_prefixes(str(k)): v for k, v in sd.items()}
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
