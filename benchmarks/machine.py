@@ -9,7 +9,6 @@ import logging
 import os
 import platform
 import subprocess
-from importlib import metadata
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -50,13 +49,9 @@ def cpu_flags() -> list[str]:
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
     """Installed version of each distribution (None when not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    from invsr_export.engine_folder import package_versions
+
+    return package_versions(names)
 
 
 def gpu_description() -> dict[str, Any] | None:

@@ -92,9 +92,8 @@ def write_prompt_embeds(folder: Path, embeds: np.ndarray, name: str = "prompt_em
     return path
 
 
-def tool_versions() -> dict[str, str | None]:
-    """Versions of the tools that shaped the graphs."""
-    names = ("invsr-trt", "torch", "diffusers", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "numpy")
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when not installed)."""
     versions: dict[str, str | None] = {}
     for name in names:
         try:
@@ -102,6 +101,11 @@ def tool_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools that shaped the graphs."""
+    return package_versions(("invsr-trt", "torch", "diffusers", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "numpy"))
 
 
 def component_spec(file: str, io: Any, sha256: str) -> ComponentSpec:
