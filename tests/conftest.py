@@ -27,3 +27,14 @@ def tiny_pipeline(tiny_base, tiny_predictor):
     from invsr_train.pipeline import ReferencePipeline
 
     return ReferencePipeline(tiny_base, tiny_predictor)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads are ~5x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -66,13 +66,7 @@ def train_records(out: Path) -> dict[int, dict[str, float]]:
     return {r["step"]: r for r in read_log(out, "train")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads are ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exit_code(main, argv: list[str]) -> int:
