@@ -45,14 +45,20 @@ def folder_name(backend: str, base: str, predictor: str, precision: str, tile: i
 
 
 def matches(folder: Path, backend: str, precision: str, tile: int, batch: int) -> bool:
-    """True when `folder` is a readable engine folder built for exactly this configuration."""
+    """True when `folder` is a readable engine folder built for exactly this configuration by this exporter.
+
+    A folder exported with other graph rewrites (e.g. by an older invsr-export) does not match.
+    """
+    from invsr_export.graph_rewrites import rewrites_for
     from invsr_runtime.manifest import ManifestError, load_manifest
 
     try:
         m = load_manifest(folder)
     except ManifestError:
         return False
-    return (m.backend, m.precision, int(m.tile), int(m.batch)) == (backend, precision, tile, batch)
+    rewrites = tuple((m.provenance or {}).get("graph_rewrites", ()))
+    return ((m.backend, m.precision, int(m.tile), int(m.batch), rewrites)
+            == (backend, precision, tile, batch, rewrites_for(backend)))
 
 
 def prepare(cache: Path, backend: str, base: str, predictor: str, precision: str, tile: int, batch: int,

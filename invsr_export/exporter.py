@@ -18,7 +18,7 @@ from typing import Any, Callable
 from invsr_runtime.manifest import COMPONENTS, PRECISIONS
 from invsr_runtime.schedule import DEFAULT_TIMESTEPS
 
-from . import engine_folder, tensorrt_build
+from . import engine_folder, graph_rewrites, tensorrt_build
 from .onnx_export import DEFAULT_OPSET, export_module, graph_files, onnx_digest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -165,13 +165,14 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
         work = stage / ".work"
         work.mkdir()
         final_dir = stage if backend == "onnxruntime" else work
-        paths = _export_graphs(opts, wrappers, specs, work, final_dir, reports, progress)
+        rewrites = graph_rewrites.rewrites_for(backend)
+        paths = _export_graphs(opts, wrappers, specs, work, final_dir, reports, progress, rewrites)
         notes = _precision_pass(opts, base, wrappers, tile, work, final_dir, paths, reports, progress)
         validation = _validate(opts, ReferencePipeline(base, predictor), wrappers, tile, paths, reports, progress)
         digests = {name: onnx_digest(p) for name, p in paths.items()}
         files, trt_info = _finish_files(opts, backend, env, stage, paths, digests, specs, reports, progress)
         engine_folder.write_prompt_embeds(stage, embeds)
-        provenance = _provenance(opts, base, predictor, tile, digests, notes, trt_info)
+        provenance = _provenance(opts, base, predictor, tile, digests, notes, trt_info, rewrites)
         components = {n: engine_folder.component_spec(files[n], specs[n], sha256_file(stage / files[n]))
                       for n in COMPONENTS}
         manifest = engine_folder.build_manifest(
@@ -191,14 +192,17 @@ def _component_precision(name: str, precision: str) -> str:
     return precision
 
 
-def _export_graphs(opts, wrappers, specs, work: Path, final_dir: Path, reports, progress) -> dict[str, Path]:
+def _export_graphs(opts, wrappers, specs, work: Path, final_dir: Path, reports, progress,
+                   rewrites: tuple[str, ...]) -> dict[str, Path]:
     """FP32 ONNX of every component (straight into the final place when the precision is fp32)."""
     paths = {}
     for name in COMPONENTS:
         io = specs[name]
         dst = (final_dir / f"{name}.onnx") if opts.precision == "fp32" else (work / f"{name}.fp32.onnx")
-        _timed(progress, reports[name], "export", lambda: export_module(
-            wrappers[name], _example_args(io), io.input_names, io.output_names, dst, opts.opset))
+        with graph_rewrites.applied(wrappers[name], rewrites) as swapped:
+            logger.debug("%s: graph rewrites %s", name, swapped)
+            _timed(progress, reports[name], "export", lambda: export_module(
+                wrappers[name], _example_args(io), io.input_names, io.output_names, dst, opts.opset))
         paths[name] = dst
         gc.collect()
     return paths
@@ -322,7 +326,7 @@ def _build_flags(opts: ExportOptions, tensorrt: bool) -> list[str]:
     return flags
 
 
-def _provenance(opts, base, predictor, tile, digests, notes, trt_info) -> dict[str, Any]:
+def _provenance(opts, base, predictor, tile, digests, notes, trt_info, rewrites) -> dict[str, Any]:
     """Where the folder came from: models, hashes, tools, build flags."""
     info = {k: v for k, v in base.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
     return {
@@ -342,4 +346,5 @@ def _provenance(opts, base, predictor, tile, digests, notes, trt_info) -> dict[s
         "build_flags": _build_flags(opts, trt_info is not None),
         "precision_pass": notes,
         "exporter": "torch.onnx.export(dynamo=False) + onnxscript optimizer",
+        "graph_rewrites": list(rewrites),
     }

@@ -9,7 +9,8 @@ of what must stay FP32 for the numerics:
 * the wrappers' own arithmetic (node names without a model scope, e.g. ``/Mul``): bicubic x4, the
   posterior / predictor samples, the input scaling and the Euler update (INVSR.md: "do this update in fp32");
 * the sinusoidal timestep embedding (``/time_proj/``): 199 * freq in FP16 would be off by ~0.1 rad;
-* optionally Softmax (the noise predictor computes its softmax in fp32 in the reference).
+* optionally Softmax, or the fused MultiHeadAttention that contains it (the noise predictor computes
+  its softmax in fp32 in the reference).
 
 The library joins every blocked region to the FP16 rest with Casts, including FP32 -> FP16 -> FP32
 round trips between two blocked nodes (and on the graph inputs): those would round sigma and the
@@ -39,6 +40,8 @@ _WRAPPER_NODE = re.compile(r"/[A-Za-z]+(_\d+)?")
 _TIME_PROJ = "/time_proj/"
 #: Per-sample scalar graph inputs (see docs/INTERFACES.md): never rounded to FP16.
 SCALAR_INPUTS = ("timestep", "sigma", "sigma_next")
+#: Ops that compute a softmax: the plain op and ONNX Runtime's fused attention (see fused_attention.py).
+_SOFTMAX_OPS = ("Softmax", "MultiHeadAttention")
 #: Conv/MatMul/Gemm weight inputs (index 1) checked by :func:`fp16_weight_fraction`.
 _GEMM_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -48,7 +51,7 @@ def fp32_node_names(model: onnx.ModelProto, fp32_softmax: bool = False) -> list[
     keep = set(_scalar_only_nodes(model))
     for node in model.graph.node:
         if (_WRAPPER_NODE.fullmatch(node.name) or _TIME_PROJ in node.name
-                or (fp32_softmax and node.op_type == "Softmax")):
+                or (fp32_softmax and node.op_type in _SOFTMAX_OPS)):
             keep.add(node.name)
     return sorted(keep)
 

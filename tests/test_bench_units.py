@@ -158,3 +158,21 @@ def test_engine_cache_names_are_safe_and_distinct():
     assert "/" not in a and " " not in a
     assert a != folder_name("onnxruntime", "/models/sd turbo", "hub", "fp32", 128, 8)
     assert folder_name("onnxruntime", "b", "p", "int8", 32, 1, calib_tiles=4).endswith("-c4")
+
+
+def test_cached_engine_folder_must_have_this_exporters_graph_rewrites(tmp_path, monkeypatch):
+    """A folder from an exporter with other rewrites (older cache) is re-exported, not benchmarked."""
+    import types
+
+    import invsr_runtime.manifest as manifest_mod
+    from benchmarks.engines import matches
+
+    def fake_manifest(rewrites):
+        prov = {} if rewrites is None else {"graph_rewrites": rewrites}
+        return types.SimpleNamespace(backend="onnxruntime", precision="fp32", tile=128, batch=1, provenance=prov)
+
+    for rewrites, want in ((["fused_attention", "phase_split_upsample"], True), (None, False),
+                           (["fused_attention"], False)):
+        monkeypatch.setattr(manifest_mod, "load_manifest", lambda folder, r=rewrites: fake_manifest(r))
+        assert matches(tmp_path, "onnxruntime", "fp32", 128, 1) is want, rewrites
+        assert not matches(tmp_path, "onnxruntime", "fp32", 128, 8)  # other batch: never

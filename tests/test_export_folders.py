@@ -15,7 +15,10 @@ import onnx
 import pytest
 import torch
 
+from diffusers.models.attention_processor import Attention
+
 from invsr_export.cli import main
+from invsr_export.phase_upsample import splittable
 from invsr_export.precision_fp16 import FP32_OPS, fp16_weight_fraction
 from invsr_export.qdq import check_qdq
 from invsr_export.quantize import EXCLUDE_PATTERNS
@@ -31,6 +34,9 @@ TRT_OPS = {
     "Reshape", "Resize", "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Transpose", "Unsqueeze",
     "Squeeze", "Where", "ReduceMean", "Pow", "Tanh", "Neg", "Equal", "Flatten", "ConstantOfShape", "Shape",
 }
+#: What invsr_export.graph_rewrites adds to ONNX Runtime folders: (domain, op) -> the rewrite.
+ORT_REWRITE_OPS = {("com.microsoft", "MultiHeadAttention"): "fused_attention",
+                   ("", "DepthToSpace"): "phase_split_upsample"}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +85,7 @@ def test_manifest_is_complete(folders, precision):
     prov = manifest.provenance
     for key in ("base", "predictor", "predictor_sha256", "onnx_sha256", "tools", "opset", "created"):
         assert prov[key], key
+    assert prov["graph_rewrites"] == ["fused_attention", "phase_split_upsample"]
     assert set(prov["onnx_sha256"]) == set(COMPONENTS)
     for name, spec in manifest.components.items():
         assert spec.file == f"{name}.onnx" and len(spec.sha256) == 64
@@ -97,13 +104,23 @@ def test_validation_meets_the_gate(folders, precision):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_graphs_are_static_and_trt_consumable(folders, precision):
+def test_graphs_are_static_and_plain_but_for_the_ort_rewrites(folders, precision, tiny_base, tiny_predictor):
+    """Standard TensorRT-parsable ops plus exactly the ONNX Runtime rewrites (TensorRT folders get none:
+    test_export_tensorrt checks the graphs its builder receives)."""
+    models = {"vae_encoder": tiny_base.vae.encoder, "predictor": tiny_predictor, "unet": tiny_base.unet,
+              "vae_decoder": tiny_base.vae.decoder}
     for name in COMPONENTS:
+        layers = list(models[name].modules())
+        rewritten = {"MultiHeadAttention": sum(isinstance(m, Attention) for m in layers),
+                     "DepthToSpace": sum(map(splittable, layers))}
         model = _load(folders[precision], name)
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
-        ops = {n.op_type for n in model.graph.node}
-        assert ops <= TRT_OPS, (name, ops - TRT_OPS)
-        assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+        ops = Counter((n.domain if n.domain != "ai.onnx" else "", n.op_type) for n in model.graph.node)
+        plain = {op for (domain, op) in ops if (domain, op) not in ORT_REWRITE_OPS}
+        assert plain <= TRT_OPS and all(d == "" for d, op in ops if op in plain), (name, plain - TRT_OPS)
+        for op, count in rewritten.items():  # one fused node per attention layer and per 2x upsample conv
+            assert sum(n for (_, o), n in ops.items() if o == op) == count, (name, op)
+        assert not ops[("", "Softmax")]  # every attention is fused
         for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
             assert all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim), (name, vi.name)
         for vi in list(model.graph.input) + list(model.graph.output):
@@ -122,6 +139,9 @@ def test_fp16_graphs_are_really_fp16(folders, precision):
                 assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
             if node.op_type in ("Sin", "Cos"):  # the timestep sinusoid stays fp32
                 assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+            if node.op_type == "MultiHeadAttention":  # the predictor's softmax is fp32, the others' fp16
+                want = onnx.TensorProto.FLOAT if name == "predictor" else onnx.TensorProto.FLOAT16
+                assert types[node.input[0]] == want, node.name
         fp16 = sum(t == onnx.TensorProto.FLOAT16 for t in types.values())
         assert fp16 > 0.5 * len(types), name
 

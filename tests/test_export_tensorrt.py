@@ -114,10 +114,13 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
     from invsr_export.cli import main
     from invsr_runtime.manifest import COMPONENTS, load_manifest
 
-    built, options_seen = [], []
+    import onnx
+
+    built, options_seen, domains = [], [], set()
 
     def fake_build(onnx_path, plan_path, shapes, options):
         built.append((onnx_path.name, dict(shapes)))
+        domains.update(n.domain for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
         options_seen.append(options)
         plan_path.write_bytes(b"PLAN" + onnx_path.read_bytes()[:64])
         return plan_path
@@ -134,6 +137,7 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert len(built) == 4  # the second export found every engine in the cache
+    assert domains <= {"", "ai.onnx"}  # no ONNX Runtime rewrite (com.microsoft op) reaches TensorRT
     assert dict(built)["unet.onnx"]["encoder_hidden_states"] == [1, 77, 32]
     manifest = load_manifest(tmp_path / "b")
     assert manifest.backend == "tensorrt"
@@ -142,6 +146,7 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
     prov = manifest.provenance
     assert (prov["tensorrt_version"], prov["gpu_name"], prov["gpu_compute_capability"]) == ("10.13.0", "NVIDIA H200", "9.0")
     assert "strongly_typed" in prov["build_flags"] and "version_compatible" not in prov["build_flags"]
+    assert prov["graph_rewrites"] == []
     assert all(e["cached"] for e in prov["tensorrt"]["engines"].values())
 
     # --version-compatible (for the lean runtime) reaches the builder, the cache key and the manifest.

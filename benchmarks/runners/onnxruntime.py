@@ -32,9 +32,11 @@ class EngineFolderRunner(Runner):
         if first is None:
             raise SkipConfig(f"no {self.backend_name} engine folder was prepared")
         try:
-            self.alphas = np.asarray(load_manifest(first).alphas_cumprod, dtype=np.float64)
+            manifest = load_manifest(first)
         except ManifestError as exc:
             raise SkipConfig(str(exc)) from None
+        self.alphas = np.asarray(manifest.alphas_cumprod, dtype=np.float64)
+        self.info["graph_rewrites"] = list(manifest.provenance.get("graph_rewrites", []))
 
     def _open(self, batch: int) -> Any:
         """The backend for this batch's folder (re-used while the batch stays the same)."""
