@@ -58,11 +58,16 @@ class PhaseSplitUpsample(nn.Module):
         return F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
 
 
+def _conv_of(layer: Upsample2D) -> nn.Module | None:
+    """The conv of an ``Upsample2D`` (diffusers names it ``conv`` or, in old checkpoints, ``Conv2d_0``)."""
+    return getattr(layer, "conv" if layer.name == "conv" else "Conv2d_0", None)
+
+
 def splittable(layer: nn.Module) -> bool:
     """True for an ``Upsample2D`` that is exactly nearest 2x + a plain 3x3, padding-1 conv."""
     if not isinstance(layer, Upsample2D) or not layer.use_conv or layer.use_conv_transpose:
         return False
-    conv = getattr(layer, "conv", None) if layer.name == "conv" else getattr(layer, "Conv2d_0", None)
+    conv = _conv_of(layer)
     return (layer.interpolate and layer.norm is None and isinstance(conv, nn.Conv2d)
             and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
@@ -80,7 +85,7 @@ def phase_split_upsamplers(module: nn.Module) -> Iterator[int]:
             if splittable(layer):
                 parent_name, _, child = name.rpartition(".")
                 parent = module.get_submodule(parent_name)
-                conv = layer.conv if layer.name == "conv" else layer.Conv2d_0
+                conv = _conv_of(layer)
                 swapped.append((parent, child, layer))
                 setattr(parent, child, PhaseSplitUpsample(conv).to(conv.weight.device))
         yield len(swapped)

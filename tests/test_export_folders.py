@@ -34,9 +34,8 @@ TRT_OPS = {
     "Reshape", "Resize", "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Transpose", "Unsqueeze",
     "Squeeze", "Where", "ReduceMean", "Pow", "Tanh", "Neg", "Equal", "Flatten", "ConstantOfShape", "Shape",
 }
-#: What invsr_export.graph_rewrites adds to ONNX Runtime folders: (domain, op) -> the rewrite.
-ORT_REWRITE_OPS = {("com.microsoft", "MultiHeadAttention"): "fused_attention",
-                   ("", "DepthToSpace"): "phase_split_upsample"}
+#: What invsr_export.graph_rewrites adds to ONNX Runtime folders (domain, op): fused attention, phase split.
+ORT_REWRITE_OPS = {("com.microsoft", "MultiHeadAttention"), ("", "DepthToSpace")}
 
 
 @pytest.fixture(scope="module")
