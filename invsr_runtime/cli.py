@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
-from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
+from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
+from .warning_lines import warnings_as_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images needing more memory than one of N pixels (default {DEFAULT_MAX_PIXELS:,} "
+                        "= 4096x4096, about 21 GiB; 0: no limit)")
     return p
 
 
@@ -75,59 +81,80 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.tile_batch is not None and args.tile_batch < 1:
         raise UsageError(f"--tile-batch must be >= 1, got {args.tile_batch}")
+    if args.max_pixels < 0:
+        raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"{args.out}: exists and is not a folder; pass an output folder to -o")
 
 
 # ------------------------------------------------------------------------------------------- inputs
 def _folder_images(folder: Path, recursive: bool, outdir: Path) -> list[Path]:
-    """Image files in a folder (by suffix; hidden files and the output folder left out), sorted."""
+    """Image files in a folder (by suffix; hidden files and an output folder inside it left out), sorted."""
     pattern = folder.rglob("*") if recursive else folder.glob("*")
+    root = folder.resolve()
+    inside = outdir != root and root in outdir.parents  # only an output folder *inside* this one is skipped
     found = []
     for path in pattern:
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and outdir not in path.resolve().parents:
+        if path.suffix.lower() in IMAGE_SUFFIXES and not (inside and outdir in path.resolve().parents):
             found.append(path)
     return sorted(found)
 
 
 def plan_jobs(inputs: Sequence[str], outdir: Path, fmt: str, recursive: bool) -> list[Job]:
-    """Expand files and folders into jobs; OUTDIR/<stem>.<ext> (subfolders mirrored with --recursive)."""
+    """Expand files and folders into jobs; OUTDIR/<stem>.<ext> (subfolders mirrored with --recursive).
+
+    The same file named twice (or through its folder) is done once. UsageError when OUTDIR is one of the
+    input folders (outputs would mix with the inputs).
+    """
     suffix = OUTPUT_FORMATS[fmt][1]
     out_resolved = outdir.resolve()
     jobs: list[Job] = []
+    seen: set[Path] = set()
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
+            if path.resolve() == out_resolved:
+                raise UsageError(f"-o {outdir} is the input folder {path}: the outputs would mix with the inputs; "
+                                 f"pass another output folder, e.g. -o {path / 'x4'}")
             images = _folder_images(path, recursive, out_resolved)
             if not images:
                 hint = "" if recursive else " (use --recursive for subfolders)"
                 jobs.append(Job(path, error=f"{path}: no images found in this folder{hint}"))
-            jobs += [Job(src, outdir / src.relative_to(path).parent / (src.stem + suffix)) for src in images]
+            pairs = [(src, outdir / src.relative_to(path).parent / (src.stem + suffix)) for src in images]
         elif path.is_file():
-            jobs.append(Job(path, outdir / (path.stem + suffix)))
+            pairs = [(path, outdir / (path.stem + suffix))]
         else:
             jobs.append(Job(path, error=f"{path}: no such file or folder"))
-    return _refuse_clashes(jobs)
-
-
-def _refuse_clashes(jobs: list[Job]) -> list[Job]:
-    """An output may never be an input, nor be written by two inputs."""
-    inputs = {job.src.resolve() for job in jobs if job.error is None}
-    claimed: dict[Path, Path] = {}
-    for job in jobs:
-        if job.error is not None or job.dst is None:
             continue
-        dst = job.dst.resolve()
-        if dst in inputs:
+        for src, dst in pairs:
+            if src.resolve() not in seen:
+                seen.add(src.resolve())
+                jobs.append(Job(src, dst))
+    return _refuse_overwriting_inputs(jobs)
+
+
+def _refuse_overwriting_inputs(jobs: list[Job]) -> list[Job]:
+    """An output may never be an input. (Two inputs with one output are decided as they are written.)"""
+    inputs = {job.src.resolve() for job in jobs if job.error is None}
+    for job in jobs:
+        if job.error is None and job.dst is not None and job.dst.resolve() in inputs:
             job.error = f"{job.src}: output {job.dst} would overwrite an input; choose another -o or --format"
-        elif dst in claimed:
-            job.error = f"{job.src}: output {job.dst} is also the output of {claimed[dst]}; rename one of them"
-        else:
-            claimed[dst] = job.src
     return jobs
+
+
+def check_outdir(outdir: Path) -> None:
+    """UsageError unless OUTDIR is (or can be created as) a writable folder: checked before any work."""
+    probe = outdir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{outdir}: cannot be created ({probe} is not a folder); pass another -o")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "is" if probe == outdir else f"cannot be created: {probe} is"
+        raise UsageError(f"{outdir}: {where} not writable; pass a writable output folder to -o")
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -155,46 +182,81 @@ def _error(message: str) -> None:
 
 
 def _run_one(upscaler, job: Job, args: argparse.Namespace, schedule) -> float:
-    """Read, upscale and write one image; returns seconds; raises ImageReadError / others on failure."""
+    """Read, upscale and write one image (every frame of an animated one); returns seconds."""
     from tqdm import tqdm
 
-    from .imageio import read_picture, write_picture
+    from .imageio import encode_picture, read_frames, save_frames
 
     start = time.perf_counter()
-    pic = read_picture(job.src)
+    frames = read_frames(job.src, max_pixels=args.max_pixels, scale=upscaler.scale)
+    pictures = frames.pictures if args.format in MULTI_FRAME_FORMATS else frames.pictures[:1]
+    notes: list[str] = []
+    if len(pictures) < len(frames.pictures):
+        notes.append(f"--format {args.format} holds one frame: upscaled the first of {len(frames.pictures)} "
+                     "(use --format png or webp to keep them all)")
+    encoded = []
+    for k, pic in enumerate(pictures):
+        label = job.src.name if len(pictures) == 1 else f"{job.src.name} [{k + 1}/{len(pictures)}]"
+        out = _upscale_with_bar(upscaler, pic, args, schedule, label)
+        image, frame_notes = encode_picture(out, args.format)
+        encoded.append(image)
+        notes += [n for n in frame_notes if n not in notes]
+    notes += save_frames(encoded, job.dst, args.format, frames.durations, frames.loop)
+    for note in notes:
+        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
+    return time.perf_counter() - start
+
+
+def _upscale_with_bar(upscaler, pic, args: argparse.Namespace, schedule, label: str):
+    """Upscale one Picture, with a tile progress bar when it takes more than one engine batch."""
+    from tqdm import tqdm
+
     bar = None
 
     def on_tiles(done: int, total: int) -> None:
         nonlocal bar
         if bar is None and total > upscaler.backend.batch:
-            bar = tqdm(total=total, desc=job.src.name, unit="tile", leave=False, file=sys.stderr, disable=None)
+            bar = tqdm(total=total, desc=label, unit="tile", leave=False, file=sys.stderr, disable=None)
         if bar is not None:
             bar.update(done - bar.n)
 
     try:
-        out = upscaler.upscale_picture(pic, schedule, color_fix=args.color_fix, seed=args.seed, on_tiles=on_tiles)
+        return upscaler.upscale_picture(pic, schedule, color_fix=args.color_fix, seed=args.seed, on_tiles=on_tiles)
     finally:
         if bar is not None:
             bar.close()
-    for note in write_picture(out, job.dst, args.format):
-        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
-    return time.perf_counter() - start
+
+
+def _tqdm_line(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def process(jobs: list[Job], upscaler, args: argparse.Namespace, schedule, tally: Tally) -> None:
-    """Run every job, counting into `tally`; one failure never stops the others."""
+    """Run every job, counting into `tally`; one failure never stops the others.
+
+    Two inputs with the same output (a.jpg, a.png) are decided here: the first one that is written
+    wins and the later ones fail, so an unreadable a.jpg does not block a good a.png.
+    """
     from tqdm import tqdm
 
     from .imageio import ImageReadError
 
+    written: dict[Path, Path] = {}
     for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr, disable=None):
+        if job.error is None and job.dst is not None and job.dst.resolve() in written:
+            job.error = (f"{job.src}: output {job.dst} was already written from {written[job.dst.resolve()]}; "
+                         "rename one of them")
         if job.error is not None:
             _error(job.error)
             tally.failed += 1
             continue
         try:
-            tally.seconds.append(_run_one(upscaler, job, args, schedule))
+            with warnings_as_lines(str(job.src), write=_tqdm_line):
+                tally.seconds.append(_run_one(upscaler, job, args, schedule))
             tally.done += 1
+            written[job.dst.resolve()] = job.src
         except ImageReadError as exc:
             _error(str(exc))
             tally.failed += 1
@@ -244,7 +306,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         jobs = _skip_existing(jobs, args.overwrite, tally)
         upscaler = None
         if any(job.error is None for job in jobs):
-            upscaler = Upscaler(args.engine_dir, backend=args.backend, tile_batch=args.tile_batch)
+            check_outdir(Path(args.out))
+            upscaler = Upscaler(args.engine_dir, backend=args.backend, tile_batch=args.tile_batch,
+                                max_pixels=args.max_pixels or None)
     except (UsageError, ManifestError, BackendError) as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -257,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (`invsr-run`)."""
     _setup_logging()
     try:
-        code = run(argv)
+        with warnings_as_lines(write=_tqdm_line):
+            code = run(argv)
     except KeyboardInterrupt:
         _error("interrupted")
         code = 130

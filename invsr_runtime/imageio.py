@@ -8,18 +8,24 @@ so a failed or interrupted run never leaves a half-written output.
 
 Mode handling on input: L/1 -> gray; LA/La -> gray + alpha; I;16*/I/F -> 16-bit gray; P -> RGB, or
 RGBA when the palette has transparency; PA/RGBa -> RGBA; CMYK/YCbCr/LAB/HSV/RGBX -> RGB. EXIF
-orientation is applied. Multi-frame files give their first frame.
+orientation is applied. `read_picture` gives a file's first frame; `read_frames` gives every frame of an
+animated GIF/PNG/WebP or multi-page TIFF (with durations and loop count) and `save_frames` writes them
+back as one animated PNG or WebP. NaN or infinite samples (float TIFFs, float arrays) are refused.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, replace
+import contextlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from .budget import ImageTooLarge, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +43,25 @@ _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _COLOUR_SPACE_CHANGED = ("CMYK", "LAB", "HSV")
 
 
+#: Output formats that hold several frames (animated PNG, animated WebP).
+MULTI_FRAME_FORMATS = frozenset({"png", "webp"})
+
+
 class ImageReadError(ValueError):
     """A file that cannot be read as an image (message names the file and the problem)."""
+
+
+class NonFiniteImage(ValueError):
+    """Float pixels that are NaN or infinite: refused, since they would come out as silent black."""
+
+
+def require_finite(values: np.ndarray) -> None:
+    """NonFiniteImage when a float array holds NaN or +-inf (one line: how many, how to fix)."""
+    if np.issubdtype(values.dtype, np.floating):
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise NonFiniteImage(f"{bad:,} of {values.size:,} float samples are NaN or infinite: "
+                                 "replace them (e.g. numpy.nan_to_num) before upscaling")
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ def _gray16(im: Image.Image) -> np.ndarray:
     arr = np.asarray(im)
     if im.mode == "F":
         arr = arr.astype(np.float32)
+        require_finite(arr)
         return np.clip(arr if np.nanmax(arr, initial=0.0) <= 1.0 else arr / 255.0, 0.0, 1.0)
     return np.clip(arr.astype(np.float32), 0.0, 65535.0) / 65535.0
 
@@ -153,10 +177,11 @@ def picture_from_array(arr: np.ndarray) -> tuple[Picture, ArrayLayout]:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"expected an HxW or HxWxC image with C in 1..4, got shape {np.shape(arr)}")
-    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
-        bits = 8 if arr.dtype == np.uint8 else 16
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # either byte order
+        bits = 8 * arr.dtype.itemsize
         x = arr.astype(np.float32) / float(2**bits - 1)
-    elif np.issubdtype(arr.dtype, np.floating):
+    elif arr.dtype.kind == "f":
+        require_finite(arr)
         bits, x = 8, np.clip(arr.astype(np.float32), 0.0, 1.0)
     else:
         raise ValueError(f"unsupported dtype {arr.dtype}: pass uint8, uint16 or float in [0, 1]")
@@ -176,27 +201,35 @@ def picture_to_array(pic: Picture, layout: ArrayLayout) -> np.ndarray:
     x = np.concatenate(base, axis=2)
     if layout.squeeze:
         x = x[..., 0]
-    if layout.dtype == np.uint8:
-        return to_uint8(x)
-    if layout.dtype == np.uint16:
-        return to_uint16(x)
+    if layout.dtype.kind == "u":  # uint8 / uint16 in the input's byte order
+        return (to_uint8(x) if layout.dtype.itemsize == 1 else to_uint16(x)).astype(layout.dtype)
     return np.clip(x, 0.0, 1.0).astype(layout.dtype)
 
 
 # --------------------------------------------------------------------------------------------- files
-def read_picture(path: str | os.PathLike) -> Picture:
-    """Read an image file into a Picture; ImageReadError (one line: file + problem) otherwise."""
-    path = Path(path)
+@dataclass(frozen=True)
+class Frames:
+    """Every frame of an image file, and how it plays (durations in ms, loop count; None for stills)."""
+
+    pictures: list[Picture]
+    durations: list[int] = field(default_factory=list)
+    loop: int | None = None
+
+
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[Image.Image]:
+    """Open an image file; every decoding failure becomes one ImageReadError naming the file."""
     try:
         if path.is_dir():
             raise ImageReadError(f"{path}: is a folder, not an image")
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file")
         with Image.open(path) as im:
-            im.load()
-            return picture_from_pil(im)
+            yield im
     except ImageReadError:
         raise
+    except (ImageTooLarge, NonFiniteImage) as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except PermissionError:
@@ -207,6 +240,39 @@ def read_picture(path: str | os.PathLike) -> Picture:
         raise ImageReadError(f"{path}: too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, zlib.error...
         raise ImageReadError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+
+
+def read_picture(path: str | os.PathLike, max_pixels: int | None = None, scale: int = 4) -> Picture:
+    """Read an image file's first frame into a Picture; ImageReadError (one line: file + problem) otherwise.
+
+    `max_pixels`: refuse (before decoding) an image whose x`scale` upscale needs more memory than
+    one of that many pixels (see `budget.check_image_size`); None: no limit.
+    """
+    path = Path(path)
+    with _decoding(path) as im:
+        check_image_size(im.height, im.width, max_pixels, scale)
+        im.load()
+        return picture_from_pil(im)
+
+
+def read_frames(path: str | os.PathLike, max_pixels: int | None = None, scale: int = 4) -> Frames:
+    """Every frame of an image file (one for stills); pages of another size than the first are dropped
+    with a warning. Errors and `max_pixels` as in `read_picture` (the estimate counts every frame)."""
+    path = Path(path)
+    with _decoding(path) as im:
+        count = max(1, int(getattr(im, "n_frames", 1)))
+        check_image_size(im.height, im.width, max_pixels, scale, frames=count)
+        size, pictures, durations = im.size, [], []
+        for index, frame in enumerate(ImageSequence.Iterator(im)):
+            if frame.size != size:
+                logger.warning("%s: frame %d is %dx%d, not %dx%d like the first: left out",
+                               path, index + 1, *frame.size, *size)
+                continue
+            frame.load()
+            durations.append(int(frame.info.get("duration", 0) or 0))
+            pictures.append(picture_from_pil(frame))
+        loop = im.info.get("loop") if len(pictures) > 1 else None
+        return Frames(pictures, durations if len(pictures) > 1 else [], loop)
 
 
 def _reason(exc: BaseException) -> str:
@@ -232,18 +298,48 @@ def adapt_for_format(pic: Picture, fmt: str) -> tuple[Picture, list[str]]:
     return pic, notes
 
 
-def write_picture(pic: Picture, path: str | os.PathLike, fmt: str = "png") -> list[str]:
-    """Write a Picture atomically as `fmt` (png | jpg | webp); returns notes (e.g. alpha dropped)."""
+def encode_picture(pic: Picture, fmt: str = "png") -> tuple[Image.Image, list[str]]:
+    """A Picture as the Pillow image `fmt` (png | jpg | webp) will store; returns the notes worth a warning."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     pic, notes = adapt_for_format(pic, fmt)
+    return picture_to_pil(pic), notes
+
+
+def _common_mode(images: list[Image.Image]) -> list[Image.Image]:
+    """Frames in one mode (animated files have one): RGBA if any frame has alpha, else RGB, when they differ."""
+    modes = {im.mode for im in images}
+    if len(modes) == 1:
+        return images
+    target = "RGBA" if any("A" in m for m in modes) else "RGB"
+    return [im if im.mode == target else im.convert(target) for im in images]
+
+
+def save_frames(images: list[Image.Image], path: str | os.PathLike, fmt: str = "png",
+                durations: list[int] | None = None, loop: int | None = None) -> list[str]:
+    """Write one or more encoded frames atomically as one file (animated PNG / WebP when several)."""
     pil_format = OUTPUT_FORMATS[fmt][0]
-    im = picture_to_pil(pic)
     options = dict(_SAVE_OPTIONS[pil_format])
-    if pic.icc_profile:
-        options["icc_profile"] = pic.icc_profile
-    save_atomic(im, path, format=pil_format, **options)
+    if images[0].info.get("icc_profile"):
+        options["icc_profile"] = images[0].info["icc_profile"]
+    notes: list[str] = []
+    if len(images) > 1 and fmt not in MULTI_FRAME_FORMATS:
+        notes.append(f"{pil_format} holds one frame: wrote the first of {len(images)} "
+                     "(use --format png or webp to keep them all)")
+        images = images[:1]
+    if len(images) > 1:
+        images = _common_mode(images)
+        options.update(save_all=True, append_images=images[1:], loop=loop or 0)
+        if durations and len(durations) == len(images):
+            options["duration"] = [max(1, d) for d in durations]
+    save_atomic(images[0], path, format=pil_format, **options)
     return notes
+
+
+def write_picture(pic: Picture, path: str | os.PathLike, fmt: str = "png") -> list[str]:
+    """Write a Picture atomically as `fmt` (png | jpg | webp); returns notes (e.g. alpha dropped)."""
+    image, notes = encode_picture(pic, fmt)
+    return notes + save_frames([image], path, fmt)
 
 
 def save_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeVar, Union
 import numpy as np
 
 from .backends import Backend, open_backend
+from .budget import DEFAULT_MAX_PIXELS, check_image_size
 from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
 from .manifest import Manifest, load_manifest
 from .pnp import ProgressFn, upscale_rgb
@@ -35,6 +36,18 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(bicubic_resize(alpha, h * scale, w * scale, antialias=False), 0.0, 1.0)
 
 
+def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    """`value` as an int >= minimum: TypeError for a non-integer (bool, float, str), ValueError when too small."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        allowed = "an int" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 def schedule_for(manifest: Manifest, steps: int | None = 1,
                  timesteps: Sequence[int] | str | None = None) -> Schedule:
     """The validated schedule: `timesteps` if given (their count must equal `steps` unless steps is None),
@@ -51,12 +64,16 @@ class Upscaler:
     """InvSR x4 super-resolution from an engine folder (ONNX Runtime or TensorRT), no PyTorch needed.
 
     `tile_batch`: tiles cut, run and blended per round (memory knob), rounded up to a multiple of the
-    engines' fixed batch; default one engine batch. `backend_options` go to the backend (e.g.
-    `providers=[...]` for ONNX Runtime, `use_cuda_graph=False` for TensorRT).
+    engines' fixed batch; default one engine batch. `max_pixels`: larger images are refused with
+    `budget.ImageTooLarge` before any memory is taken (default 4096 x 4096; None: no limit).
+    `backend_options` go to the backend (e.g. `providers=[...]` for ONNX Runtime,
+    `use_cuda_graph=False` for TensorRT).
     """
 
     def __init__(self, engine_dir: str | Path, backend: str = "auto", tile_batch: int | None = None,
-                 **backend_options: Any) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **backend_options: Any) -> None:
+        tile_batch = check_int("tile_batch", tile_batch, 1, optional=True)
+        self.max_pixels = check_int("max_pixels", max_pixels, 0, optional=True)
         self.folder = Path(engine_dir)
         self.manifest: Manifest = load_manifest(self.folder)
         self.backend: Backend = open_backend(self.folder, self.manifest, backend, **backend_options)
@@ -74,6 +91,8 @@ class Upscaler:
     def upscale_picture(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,
                         on_tiles: ProgressFn | None = None) -> Picture:
         """Upscale a decoded Picture (RGB through the network, alpha with bicubic)."""
+        seed = check_int("seed", seed, 0)
+        check_image_size(*pic.size, self.max_pixels, self.scale, flag="max_pixels")
         rgb = upscale_rgb(self.backend, pic.rgb, schedule, color_fix=color_fix, seed=seed,
                           tile_batch=self.tile_batch, on_tiles=on_tiles)
         alpha = upscale_alpha(pic.alpha, self.scale) if pic.alpha is not None else None
@@ -84,8 +103,10 @@ class Upscaler:
         """Upscale a PIL image, a numpy array (HxW / HxWxC, uint8 / uint16 / float in [0, 1]) or a Picture.
 
         `timesteps` (e.g. "200,100" or [200, 100]) override `steps` when given; `color_fix` is
-        "none", "wavelet" or "ycbcr"; the same `seed` gives the same image.
+        "none", "wavelet" or "ycbcr"; the same `seed` (an int >= 0) gives the same image. Float input
+        with NaN or infinite values is refused (`imageio.NonFiniteImage`).
         """
+        seed = check_int("seed", seed, 0)
         schedule = self.schedule(None if timesteps is not None else steps, timesteps)
         if isinstance(image, Picture):
             return self.upscale_picture(image, schedule, color_fix, seed, on_tiles)

@@ -290,7 +290,7 @@ def test_two_inputs_same_output_name(engine, tmp_path, capsys):
     Image.fromarray(_photo(8, 8)).save(tmp_path / "a.png")
     Image.fromarray(_photo(8, 8)).save(tmp_path / "a.jpg")
     code, stdout, err = run_cli(capsys, engine, tmp_path / "a.jpg", tmp_path / "a.png", "-o", tmp_path / "out")
-    assert code == 1 and "done 1" in stdout and "also the output of" in err
+    assert code == 1 and "done 1" in stdout and "already written from" in err
 
 
 def test_same_seed_same_output(engine, tmp_path, capsys):
