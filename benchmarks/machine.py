@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 #: Distributions whose versions a report lists (missing ones are reported as null).
 LIBRARIES = (
     "invsr-trt", "torch", "diffusers", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-    "tensorrt-lean-cu13-bindings", "cuda-python", "scikit-image", "matplotlib", "psutil",
+    "tensorrt-lean-cu13-bindings", "cuda-bindings", "cuda-python", "scikit-image", "matplotlib", "psutil",
 )
 #: CPU flags that decide which kernels run (shown when present).
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")

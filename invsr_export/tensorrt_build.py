@@ -1,10 +1,13 @@
 """ONNX -> TensorRT engine (.plan), a thin layer over TensorRT's documented Python API.
 
-One code path for TensorRT 10 and 11: the network is strongly typed (10.x: the STRONGLY_TYPED creation
-flag; 11.x: always), so the precision is the ONNX graph's own (FP16 graph, Q/DQ INT8/FP8) and no builder
-precision flag or calibrator exists. The ONNX is parsed from its file (external weights load beside it),
-one optimization profile pins every input to its fixed shape, the workspace is capped, and the builder
-optimization level and a timing cache are options.
+One code path for TensorRT >= 10.1 and 11.x: the network is strongly typed (10.x: the STRONGLY_TYPED
+creation flag; 11.x: always), so the precision is the ONNX graph's own (FP16 graph, Q/DQ INT8/FP8) and no
+builder precision flag or calibrator exists. The ONNX is parsed from its file (external weights load
+beside it), one optimization profile pins every input to its fixed shape, the workspace is capped, and the
+builder optimization level and a timing cache are options. Every call is one of TensorRT's documented
+Python API (the table in tests/test_trt_conformance.py, from NVIDIA/TensorRT's python/src sources) and
+every return value that can signal failure is checked. A timing cache TensorRT rejects (another GPU or
+version) is replaced by a fresh one with a warning; the plan is written before the cache.
 
 Engines are cached by a key over everything that changes the plan: the ONNX digest (graph + weights),
 precision, input shapes, TensorRT version, GPU name and compute capability, and the build options.
@@ -21,7 +24,10 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from invsr_runtime.backends.base import BackendError
+from invsr_runtime.backends.trt_import import find_tensorrt, import_tensorrt
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +63,16 @@ class BuildOptions:
 
 def probe() -> TrtEnvironment:
     """TensorRT version and GPU (name, compute capability), or TensorRTUnavailable."""
+    if find_tensorrt(builder=True) is None:
+        runtime_only = find_tensorrt()
+        if runtime_only is not None:
+            raise TensorRTUnavailable(f"only the TensorRT runtime `{runtime_only}` is installed, which cannot build "
+                                      f"engines (the builder is the `tensorrt` package); {SUGGESTION}")
+        raise TensorRTUnavailable(f"TensorRT is not installed (no `tensorrt` Python module); {SUGGESTION}")
     try:
-        import tensorrt as trt
-    except ImportError:
-        raise TensorRTUnavailable(f"TensorRT is not installed (no `tensorrt` Python module); {SUGGESTION}") from None
+        trt = import_tensorrt(builder=True)
+    except BackendError as exc:  # does not load, or older than 10.1
+        raise TensorRTUnavailable(f"{exc}; {SUGGESTION}") from None
     if not hasattr(trt, "Builder"):
         raise TensorRTUnavailable(
             f"this TensorRT is the lean runtime only (no builder, version {getattr(trt, '__version__', '?')}); {SUGGESTION}")
@@ -110,8 +122,7 @@ def engine_cache_key(onnx_digest: str, precision: str, shapes: Mapping[str, Sequ
 def build_engine(onnx_path: Path, plan_path: Path, shapes: Mapping[str, Sequence[int]],
                  options: BuildOptions = BuildOptions()) -> Path:
     """Parse `onnx_path`, build a strongly typed engine for the fixed `shapes`, write it to `plan_path`."""
-    import tensorrt as trt
-
+    trt = import_tensorrt(builder=True)
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     flags = 0
@@ -130,25 +141,48 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: Mapping[str, Sequence
     profile = builder.create_optimization_profile()
     for name, shape in shapes.items():
         profile.set_shape(name, shape, shape, shape)
-    config.add_optimization_profile(profile)
-    cache = _attach_timing_cache(config, options.timing_cache)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError(f"{Path(onnx_path).name}: TensorRT rejected the optimization profile {dict(shapes)} "
+                               "(an input name or shape that does not match the graph)")
+    use_cache = _attach_timing_cache(config, options.timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{Path(onnx_path).name}: TensorRT failed to build an engine (see the log above)")
-    if cache is not None:
-        _atomic_write(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
-    _atomic_write(Path(plan_path), bytes(plan))
+    _atomic_write(Path(plan_path), bytes(plan))  # the plan first: a cache problem never costs the build
+    if use_cache:
+        _save_timing_cache(config, Path(options.timing_cache))
     return Path(plan_path)
 
 
-def _attach_timing_cache(config, path: str | None):
-    """Load (or start) the timing cache file `path` into the builder config; None without one."""
+def _attach_timing_cache(config: Any, path: str | None) -> bool:
+    """Load (or start) the timing cache file `path` into the builder config; False without one.
+
+    TensorRT refuses a cache from another GPU or version (`set_timing_cache` returns False): warn and go on
+    with a fresh cache, which replaces the file after the build.
+    """
     if not path:
-        return None
+        return False
     data = Path(path).read_bytes() if Path(path).is_file() else b""
-    cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+    if config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False):
+        return True
+    logger.warning("%s: TensorRT rejected this timing cache (another GPU or TensorRT version?); "
+                   "building with a fresh one", path)
+    if config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        return True
+    logger.warning("TensorRT rejected an empty timing cache too; building without one")
+    return False
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    """Write the builder's timing cache to `path`; a missing cache or a write error only warns."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        logger.warning("%s: TensorRT returned no timing cache after the build; not saved", path)
+        return
+    try:
+        _atomic_write(path, bytes(cache.serialize()))
+    except OSError as exc:
+        logger.warning("%s: could not save the timing cache (%s)", path, exc)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ test_export_folders.py, which runs everywhere.
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import sys
 import types
 
@@ -13,6 +14,7 @@ import pytest
 
 from invsr_export import exporter, tensorrt_build
 from invsr_export.tensorrt_build import BuildOptions, TensorRTUnavailable, TrtEnvironment, engine_cache_key
+from invsr_runtime.backends.trt_import import find_tensorrt
 
 ENV = TrtEnvironment("10.13.0", "NVIDIA H200", "9.0")
 SHAPES = {"latent": [1, 4, 64, 64], "timestep": [1]}
@@ -69,9 +71,30 @@ def test_probe_without_tensorrt_says_what_to_do():
     assert "\n" not in str(exc.value)
 
 
+def _module(name: str, **attrs) -> types.ModuleType:
+    """A stand-in module importlib can find (find_spec reads __spec__)."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    return module
+
+
 def test_lean_runtime_is_not_enough(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.0"))
+    monkeypatch.setitem(sys.modules, "tensorrt", _module("tensorrt", __version__="10.13.0"))
     with pytest.raises(TensorRTUnavailable, match="lean runtime"):
+        tensorrt_build.probe()
+
+
+@pytest.mark.skipif(find_tensorrt(builder=True) is not None or find_tensorrt() is None,
+                    reason="needs exactly a runtime-only TensorRT wheel (the test extra's lean wheels)")
+def test_probe_names_the_runtime_only_wheel():
+    with pytest.raises(TensorRTUnavailable, match=f"only the TensorRT runtime `{find_tensorrt()}`"):
+        tensorrt_build.probe()
+
+
+def test_tensorrt_older_than_10_1_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _module("tensorrt", __version__="10.0.1.6", Builder=object))
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT 10\.0\.1\.6 is too old.*>= 10\.1"):
         tensorrt_build.probe()
 
 

@@ -5,23 +5,21 @@ to end is timed (host arrays in and out, as a user of the runtime sees it); stag
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
 
+from invsr_runtime.backends.trt_import import find_tensorrt
+
 from .base import BoundTile, SkipConfig, TileInputs
 from .onnxruntime import EngineFolderRunner
-
-_TRT_MODULES = ("tensorrt", "tensorrt_lean")
 
 
 def tensorrt_skip_reason(device: str) -> str | None:
     """Why TensorRT cannot run here (None when it can): no TensorRT module, or no CUDA GPU."""
     reasons = []
-    if not any(importlib.util.find_spec(m) is not None for m in _TRT_MODULES):
-        reasons.append("TensorRT is not installed (PyPI's tensorrt wheels download from NVIDIA's host, "
-                       "which this machine cannot reach)")
+    if find_tensorrt() is None:  # the runtime's own detection: full, lean or dispatch wheels
+        reasons.append("TensorRT is not installed (pip install tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs)")
     if device != "cuda":
         reasons.append("no CUDA GPU on this machine")
     return "; ".join(reasons) or None

@@ -1,15 +1,19 @@
 """TensorRT backend: .plan engines, device buffers chained stage to stage, one CUDA graph per chain.
 
-Written against the documented TensorRT (10.x STRONGLY_TYPED / 11.x) Python API and cuda-python 13,
+Written against TensorRT >= 10.1 (10.x STRONGLY_TYPED / 11.x) and cuda-bindings >= 13.0 (cuda-python 13),
+checked on CPU against the real lean-runtime and cuda-bindings classes (tests/test_trt_conformance.py),
 kept thin, and imported only when chosen:
-- `tensorrt` or the lean runtime (`tensorrt_lean`) deserialises the four engines; one execution
-  context each, created with USER_MANAGED device memory and all pointed at one shared scratch
-  allocation sized by the largest engine (the stages run one after another on one stream);
+- any TensorRT module (`trt_import`: full, lean or dispatch) deserialises the four engines;
+- one execution context per stage of the chain (encoder, predictor, one per UNet step, one decoder
+  per latent parity), all created with USER_MANAGED device memory and pointed at one shared scratch
+  allocation sized by the largest engine (the stages run one after another on one stream), so a
+  context's tensor addresses are set once and a captured graph enqueues each context once;
 - every buffer is allocated once; each stage's output buffer *is* the next stage's input (the
   UNet steps ping-pong between two latent buffers; per-step timestep/sigma buffers are separate, so
-  one captured graph serves every schedule with the same number of steps);
+  one captured graph serves every schedule with the same number of steps); inputs and the image move
+  through pinned host buffers;
 - after a warm-up run, encoder -> predictor -> UNet steps -> decoder is captured into one CUDA graph
-  per (engine batch, steps) and replayed; inputs are uploaded before and the image downloaded after.
+  per (engine batch, steps) and replayed; if capture fails the chain runs without a graph (one warning).
 Engines are tied to the TensorRT version and GPU they were built on: a folder from another version
 or GPU (per its manifest provenance) is refused with the command that rebuilds it.
 """
@@ -25,27 +29,14 @@ from ..manifest import COMPONENTS, Manifest
 from ..pnp import chain_feeds
 from ..schedule import Schedule
 from .base import GRAPH_IO, Backend, BackendError
-from .cuda import DeviceBuffer, GpuInfo, call, gpu_info, import_cudart
+from .cuda import DeviceBuffer, GpuInfo, call, error_text, gpu_info, import_cudart
+from .trt_import import import_tensorrt
 
 logger = logging.getLogger(__name__)
 
 MAX_STEPS = 5
-_TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
 REBUILD = ("rebuild the engines on this machine with `invsr-export --out DIR ...` (TensorRT engines only run "
            "with the TensorRT version and GPU they were built with), or use an ONNX folder with --backend onnxruntime")
-
-
-def import_tensorrt() -> Any:
-    """The TensorRT Python module: the full `tensorrt` or the lean runtime; BackendError if neither."""
-    import importlib
-
-    for name in _TRT_MODULES:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise BackendError("TensorRT is not installed: pip install tensorrt-lean-cu13-bindings "
-                       "tensorrt-lean-cu13-libs (or use --backend onnxruntime with an ONNX engine folder)")
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -68,6 +59,18 @@ def chain_bindings(steps: int) -> list[tuple[str, dict[str, str]]]:
                                 "latent_next": f"z{(i + 1) % 2}"}))
     stages.append(("vae_decoder", {"latent": f"z{steps % 2}", "image": "image"}))
     return stages
+
+
+def context_key(component: str, binding: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """One execution context per distinct (engine, buffer binding): per UNet step, per decoder input."""
+    return component, tuple(sorted(binding.items()))
+
+
+def chain_inputs() -> set[str]:
+    """Buffer keys the host fills (no stage writes them); with "image", the buffers that need a pinned twin."""
+    written = {binding[t] for c, binding in chain_bindings(MAX_STEPS) for t in GRAPH_IO[c][1] if t in binding}
+    every = {key for _, binding in chain_bindings(MAX_STEPS) for key in binding.values()}
+    return every - written
 
 
 def schedule_uploads(schedule: Schedule, batch: int, prompt_embeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,6 +132,25 @@ def check_provenance(provenance: dict, trt_version: str, gpu: GpuInfo, folder: P
 
 
 # ------------------------------------------------------------------------------------------ backend
+def make_logger(trt: Any) -> Any:
+    """A TensorRT logger that forwards to `logging` and keeps the errors (read before touching a Runtime)."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG, severity.VERBOSE: logging.DEBUG}
+
+    class ErrorKeepingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, level: Any, msg: str) -> None:
+            if level in (severity.INTERNAL_ERROR, severity.ERROR):
+                self.errors.append(str(msg))
+            logger.log(levels.get(level, logging.DEBUG), "TensorRT: %s", msg)
+
+    return ErrorKeepingLogger()
+
+
 class TensorRTBackend(Backend):
     """The tile chain on TensorRT engines, captured once per step count as a CUDA graph."""
 
@@ -136,61 +158,64 @@ class TensorRTBackend(Backend):
 
     def __init__(self, folder: str | Path, manifest: Manifest, use_cuda_graph: bool = True) -> None:
         super().__init__(folder, manifest)
-        self.trt = import_tensorrt()
-        self.cudart = import_cudart()
         self.use_cuda_graph = use_cuda_graph
+        self.capture_error: BackendError | None = None
         self.buffers: dict[str, DeviceBuffer] = {}
         self.graphs: dict[tuple[int, int], tuple[Any, Any]] = {}
-        self.scratch = 0
-        check_provenance(manifest.provenance, self.trt.__version__, gpu_info(self.cudart), self.folder)
-        self.stream = call(self.cudart, self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
-                           "cudaStreamCreateWithFlags")
+        self.contexts: dict[tuple, Any] = {}
+        self.engines: dict[str, Any] = {}
+        self.scratch, self.stream, self.runtime = 0, None, None
+        self.trt = import_tensorrt()
+        self.cudart = import_cudart()
+        gpu = gpu_info(self.cudart)  # also makes sure CUDA initialises before TensorRT touches it
+        check_provenance(manifest.provenance, self.trt.__version__, gpu, self.folder)
         version_compatible = "version_compatible" in _flags(manifest.provenance).lower()
         if not hasattr(self.trt, "Builder") and not version_compatible:
             raise BackendError(f"{self.folder}: the TensorRT lean runtime runs only version-compatible engines; "
                                f"install the full `tensorrt` package, or {REBUILD}")
-        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        self.stream = call(self.cudart, self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
+                           "cudaStreamCreateWithFlags")
+        self.trt_logger = make_logger(self.trt)
+        self.runtime = self._runtime()
         if version_compatible:
             self.runtime.engine_host_code_allowed = True  # VC plans embed the lean runtime (trusted folder)
         self.engines = {c: self._deserialize(c) for c in COMPONENTS}
-        self.contexts = {c: self._context(c) for c in COMPONENTS}
-        self._share_scratch()
         self._allocate()
-        staged = self.buffers["ehs"].upload(self.prompt_embeds, self.stream)
+        self._bind_contexts()
+        self._share_scratch()
+        self.buffers["ehs"].upload(self.prompt_embeds, self.stream)
         self._sync()
-        del staged
 
     # ------------------------------------------------------------------------------------- set-up
+    def _runtime(self) -> Any:
+        """trt.Runtime, or one line when TensorRT could not start CUDA (never touch a half-made Runtime)."""
+        try:
+            runtime = self.trt.Runtime(self.trt_logger)
+        except TypeError as exc:  # pybind11: the factory returned nullptr
+            raise BackendError(f"TensorRT could not create a runtime ({exc}); {self._trt_error_hint()}") from None
+        if self.trt_logger.errors:
+            raise BackendError(f"TensorRT could not start: {self.trt_logger.errors[0]}; {self._trt_error_hint()}")
+        return runtime
+
+    def _trt_error_hint(self) -> str:
+        return ("check that the NVIDIA driver supports the CUDA version of the TensorRT wheel "
+                "(tensorrt-*-cu13 needs a CUDA 13 driver), or use --backend onnxruntime")
+
+    def _last_trt_error(self) -> str:
+        return f": {self.trt_logger.errors[-1]}" if self.trt_logger.errors else " (see the TensorRT log)"
+
     def _deserialize(self, component: str) -> Any:
         path = self.folder / self.manifest.components[component].file
         if path.suffix != ".plan":
             raise BackendError(f"{path}: not a TensorRT engine; use --backend onnxruntime for .onnx graphs")
         engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise BackendError(f"{path}: TensorRT could not load this engine; {REBUILD}")
+            raise BackendError(f"{path}: TensorRT could not load this engine{self._last_trt_error()}; {REBUILD}")
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         want = set(GRAPH_IO[component][0]) | set(GRAPH_IO[component][1])
         if not want <= names:
             raise BackendError(f"{path}: engine tensors {sorted(names)} lack {sorted(want - names)}; {REBUILD}")
         return engine
-
-    def _context(self, component: str) -> Any:
-        strategy = self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        context = self.engines[component].create_execution_context(strategy)
-        if context is None:
-            raise BackendError(f"{component}: TensorRT could not create an execution context (out of memory?)")
-        return context
-
-    def _share_scratch(self) -> None:
-        """One scratch allocation, as large as the largest engine needs, shared by all contexts."""
-        def size(engine: Any) -> int:
-            return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
-
-        nbytes = max(size(e) for e in self.engines.values())
-        self.scratch = int(call(self.cudart, self.cudart.cudaMalloc(max(nbytes, 256)), "cudaMalloc"))
-        for context in self.contexts.values():
-            context.set_device_memory(self.scratch, nbytes)
-        logger.info("TensorRT scratch: %.1f MiB shared by %d contexts", nbytes / 2**20, len(self.contexts))
 
     def _tensor(self, component: str, tensor: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape (fixed; dynamic dims resolved from the manifest) and numpy dtype of one engine tensor."""
@@ -201,11 +226,13 @@ class TensorRTBackend(Backend):
             if spec is None:
                 raise BackendError(f"{component}.{tensor}: dynamic shape {shape} not resolvable; {REBUILD}")
             shape = tuple(spec.shape)
-            self.contexts[component].set_input_shape(tensor, shape)
         return shape, np.dtype(self.trt.nptype(engine.get_tensor_dtype(tensor)))
 
     def _allocate(self) -> None:
-        """Every buffer of the longest chain, once: the largest use of each key decides its size."""
+        """Every buffer of the longest chain, once: the largest use of each key decides its size.
+
+        Buffers the host fills, and the image, get a pinned host twin (cudaMallocHost) for their copies.
+        """
         needs: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
         for component, binding in chain_bindings(MAX_STEPS):
             for tensor, key in binding.items():
@@ -213,43 +240,97 @@ class TensorRTBackend(Backend):
                 nbytes = int(np.prod(shape)) * dtype.itemsize
                 if key not in needs or nbytes > needs[key][0]:
                     needs[key] = (nbytes, shape, dtype)
-        self.buffers = {key: DeviceBuffer(self.cudart, shape, dtype) for key, (_, shape, dtype) in needs.items()}
+        pinned = chain_inputs() | {"image"}
+        self.buffers = {key: DeviceBuffer(self.cudart, shape, dtype, pinned=key in pinned)
+                        for key, (_, shape, dtype) in needs.items()}
+
+    def _bind_contexts(self) -> None:
+        """One context per stage binding of every chain length, its tensor addresses set once, here."""
+        strategy = self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        for steps in range(1, MAX_STEPS + 1):
+            for component, binding in chain_bindings(steps):
+                key = context_key(component, binding)
+                if key in self.contexts:
+                    continue
+                engine = self.engines[component]
+                context = engine.create_execution_context(strategy)
+                if context is None:
+                    raise BackendError(f"{component}: TensorRT could not create an execution context"
+                                       f"{self._last_trt_error()}")
+                for tensor, buf in binding.items():
+                    if tensor in GRAPH_IO[component][0] and any(d < 0 for d in engine.get_tensor_shape(tensor)):
+                        if not context.set_input_shape(tensor, self.buffers[buf].shape):
+                            raise BackendError(f"{component}.{tensor}: TensorRT refused shape "
+                                               f"{self.buffers[buf].shape}{self._last_trt_error()}; {REBUILD}")
+                    if not context.set_tensor_address(tensor, self.buffers[buf].ptr):
+                        raise BackendError(f"{component}.{tensor}: TensorRT refused the buffer address"
+                                           f"{self._last_trt_error()}")
+                self.contexts[key] = context
+
+    def _share_scratch(self) -> None:
+        """One scratch allocation, as large as the largest engine needs, shared by all contexts.
+
+        `device_memory_size_v2` (TensorRT >= 10.1) may legally be 0; the allocation is never empty.
+        """
+        nbytes = max(max(int(e.device_memory_size_v2) for e in self.engines.values()), 256)
+        self.scratch = int(call(self.cudart, self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
+        for context in self.contexts.values():
+            context.set_device_memory(self.scratch, nbytes)
+        logger.info("TensorRT scratch: %.1f MiB shared by %d contexts", nbytes / 2**20, len(self.contexts))
 
     # ----------------------------------------------------------------------------------------- run
     def _sync(self) -> None:
         call(self.cudart, self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     def _enqueue(self, steps: int) -> None:
-        """Queue the whole chain on the stream (also what a CUDA graph captures)."""
+        """Queue the whole chain on the stream (also what a CUDA graph captures): each context once."""
         for component, binding in chain_bindings(steps):
-            context = self.contexts[component]
-            for tensor, key in binding.items():
-                context.set_tensor_address(tensor, self.buffers[key].ptr)
-            if not context.execute_async_v3(self.stream):
-                raise BackendError(f"TensorRT failed to enqueue {component}")
+            if not self.contexts[context_key(component, binding)].execute_async_v3(self.stream):
+                raise BackendError(f"TensorRT failed to enqueue {component}{self._last_trt_error()}")
 
     def _capture(self, steps: int) -> tuple[Any, Any]:
-        """Warm up, then capture the chain for `steps` into an instantiated CUDA graph."""
+        """Capture the chain for `steps` into an instantiated CUDA graph; the first error wins, nothing leaks."""
         cudart = self.cudart
-        self._enqueue(steps)
-        self._sync()
         call(cudart, cudart.cudaStreamBeginCapture(
             self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture")
+        first: Exception | None = None
         try:
             self._enqueue(steps)
-        finally:
-            graph = call(cudart, cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        return graph, call(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except Exception as exc:  # noqa: BLE001 - the capture must be ended whatever happened
+            first = exc
+        err, graph = cudart.cudaStreamEndCapture(self.stream)
+        if first is None and int(err) != 0:
+            first = BackendError(f"CUDA error in cudaStreamEndCapture: {error_text(cudart, err)}")
+        if first is None:
+            err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+            if int(err) == 0:
+                return graph, graph_exec
+            first = BackendError(f"CUDA error in cudaGraphInstantiate: {error_text(cudart, err)}")
+        if _live(graph):
+            cudart.cudaGraphDestroy(graph)
+        raise first
 
     def _launch(self, steps: int) -> None:
-        if not self.use_cuda_graph:
-            self._enqueue(steps)
-            return
+        """Run the chain: replay its CUDA graph (captured after a warm-up on first use), or enqueue it."""
         key = (self.batch, steps)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(steps)
-            logger.info("captured the tile chain (batch %d, %d steps) as a CUDA graph", *key)
-        call(self.cudart, self.cudart.cudaGraphLaunch(self.graphs[key][1], self.stream), "cudaGraphLaunch")
+        if self.use_cuda_graph and key not in self.graphs:
+            self._enqueue(steps)  # warm-up, outside any capture: a failure here is not a capture problem
+            self._sync()
+            try:
+                self.graphs[key] = self._capture(steps)
+                logger.info("captured the tile chain (batch %d, %d steps) as a CUDA graph", *key)
+            except BackendError as exc:
+                self.capture_error, self.use_cuda_graph = exc, False
+                logger.warning("CUDA graph capture failed (%s); running the tile chain without CUDA graphs", exc)
+        if key in self.graphs:
+            call(self.cudart, self.cudart.cudaGraphLaunch(self.graphs[key][1], self.stream), "cudaGraphLaunch")
+            return
+        try:
+            self._enqueue(steps)
+        except BackendError as exc:
+            if self.capture_error is None:
+                raise
+            raise BackendError(f"{exc} (CUDA graph capture had failed first: {self.capture_error})") from self.capture_error
 
     def run_chain(
         self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule
@@ -258,10 +339,10 @@ class TensorRTBackend(Backend):
             raise ValueError(f"at most {MAX_STEPS} steps, got {schedule.steps}")
         uploads = dict(schedule_uploads(schedule, self.batch, self.prompt_embeds),
                        lr=lr, vae_noise=vae_noise, pred_noise=pred_noise)
-        staged = [self.buffers[k].upload(v, self.stream) for k, v in uploads.items()]
+        for key, value in uploads.items():
+            self.buffers[key].upload(value, self.stream)
         self._launch(schedule.steps)
-        image = self.buffers["image"].download(self.stream)
-        del staged
+        image = self.buffers["image"].download(self.stream)  # synchronises: the pinned inputs are free again
         return image.astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -272,17 +353,27 @@ class TensorRTBackend(Backend):
         for buf in self.buffers.values():
             buf.free()
         self.buffers = {}
-        self.contexts, self.engines = {}, {}
+        self.contexts, self.engines = {}, {}  # contexts before their engines
+        self.runtime = None
         if self.scratch:
             self.cudart.cudaFree(self.scratch)
             self.scratch = 0
-        if getattr(self, "stream", None) is not None:
+        if self.stream is not None:
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
 
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:  # noqa: BLE001 - interpreter shutdown, or a half-built backend
             pass
 
+
+def _live(handle: Any) -> bool:
+    """Whether a cuda-python handle (graph, graph exec) points at something that needs destroying."""
+    if handle is None:
+        return False
+    try:
+        return int(handle) != 0
+    except TypeError:
+        return True
