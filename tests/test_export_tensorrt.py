@@ -16,6 +16,8 @@ from invsr_export import exporter, tensorrt_build
 from invsr_export.tensorrt_build import BuildOptions, TensorRTUnavailable, TrtEnvironment, engine_cache_key
 from invsr_runtime.backends.trt_import import find_tensorrt
 
+from trt_graph import tensorrt_graph_problems  # noqa: E402
+
 ENV = TrtEnvironment("10.13.0", "NVIDIA H200", "9.0")
 SHAPES = {"latent": [1, 4, 64, 64], "timestep": [1]}
 
@@ -139,11 +141,15 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
 
     import onnx
 
-    built, options_seen, domains = [], [], set()
+    built, options_seen, domains, problems, shapes_seen = [], [], set(), {}, {}
 
     def fake_build(onnx_path, plan_path, shapes, options):
         built.append((onnx_path.name, dict(shapes)))
-        domains.update(n.domain for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        domains.update(n.domain for n in model.graph.node)
+        problems[onnx_path.name] = tensorrt_graph_problems(model)
+        shapes_seen[onnx_path.name] = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                                       for v in model.graph.input}
         options_seen.append(options)
         plan_path.write_bytes(b"PLAN" + onnx_path.read_bytes()[:64])
         return plan_path
@@ -161,6 +167,10 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert len(built) == 4  # the second export found every engine in the cache
     assert domains <= {"", "ai.onnx"}  # no ONNX Runtime rewrite (com.microsoft op) reaches TensorRT
+    # the exact fp16 graphs handed to the builder: standard domains, static shapes, float32 I/O, strongly
+    # typed, ops in the ONNX-TensorRT parser's list; the profile pins each input to the graph's own shape
+    assert problems == {name: [] for name, _ in built}
+    assert all(shapes_seen[name] == {k: list(v) for k, v in shapes.items()} for name, shapes in built)
     assert dict(built)["unet.onnx"]["encoder_hidden_states"] == [1, 77, 32]
     manifest = load_manifest(tmp_path / "b")
     assert manifest.backend == "tensorrt"
@@ -180,3 +190,21 @@ def test_tensorrt_folder_with_a_stand_in_builder(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert len(built) == 8 and all(o.version_compatible for o in options_seen[4:])
     assert "version_compatible" in load_manifest(tmp_path / "vc").provenance["build_flags"]
+
+
+def test_tensorrt_graph_check_can_fail():
+    """The structural check finds each kind of problem (so its empty answer above means something)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    t = helper.make_tensor_value_info("t", TensorProto.INT64, [1])
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    nodes = [helper.make_node("Add", ["x", "h"], ["a"]),
+             helper.make_node("Gelu", ["a"], ["g"], domain="com.microsoft"),
+             helper.make_node("Identity", ["g"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "bad", [x, t, h], [y]),
+                              opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.microsoft", 1)])
+    text = "\n".join(tensorrt_graph_problems(model))
+    for words in ("com.microsoft", "dynamic shape", "INT64, not float32", "mixed input types", "FLOAT16, not float32"):
+        assert words in text
