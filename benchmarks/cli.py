@@ -22,11 +22,9 @@ from typing import Any, NoReturn, Sequence
 
 from . import engines as engine_cache
 from .child import log_tail, run_child
-from .runners import BACKENDS, PRECISIONS, skip_reason
+from .runners import BENCH_BACKENDS, ENGINE_BACKENDS, PRECISIONS, skip_reason
 
 logger = logging.getLogger("benchmarks")
-
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="synthetic:full",
                    help="hub id, diffusers folder, synthetic:tiny or synthetic:full")
     p.add_argument("--predictor", default="synthetic", help="noise predictor: .pth path, hub, or synthetic")
-    p.add_argument("--backends", type=_csv(str, BACKENDS), default=list(BACKENDS))
+    p.add_argument("--backends", type=_csv(str, BENCH_BACKENDS), default=list(BENCH_BACKENDS))
     p.add_argument("--precisions", type=_csv(str, PRECISIONS), default=list(PRECISIONS))
     p.add_argument("--steps", type=_csv(int), default=[1], help="step counts, e.g. 1,3,5 (each 1..5)")
     p.add_argument("--batch", type=_csv(int), default=[1], help="tiles per call, e.g. 1,8")

@@ -8,11 +8,12 @@ rebuilds it. Exports run as child processes, so their memory never counts agains
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from invsr_runtime.cache import cache_root
 
 from .child import log_tail, run_child
 
@@ -31,9 +32,8 @@ class EngineResult:
 
 
 def default_cache() -> Path:
-    """$INVSR_TRT_CACHE/bench-engines (default ~/.cache/invsr_trt/bench-engines)."""
-    root = os.environ.get("INVSR_TRT_CACHE") or Path.home() / ".cache" / "invsr_trt"
-    return Path(root) / "bench-engines"
+    """The engine-folder cache of the benchmark: `cache_root()/bench-engines`."""
+    return cache_root() / "bench-engines"
 
 
 def folder_name(backend: str, base: str, predictor: str, precision: str, tile: int, batch: int,

@@ -20,9 +20,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Stages of one tile, in chain order (names of the exported graphs).
-STAGES = ("vae_encoder", "predictor", "unet", "vae_decoder")
-
 
 def count_macs(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
     """MACs of one call of `fn` (total, and per aten op), counted by FlopCounterMode."""

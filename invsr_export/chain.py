@@ -2,7 +2,7 @@
 
 The same loop feeds calibration (record the UNet's inputs at the sampler's timesteps), validation
 (per-component inputs, and the ORT chain end to end) and nothing else: the runtime has its own.
-Scalar feeds (timesteps, sigmas, prompt embedding) come from `invsr_runtime.pnp.chain_feeds`, so they
+Scalar feeds (timesteps, sigmas, prompt embedding) come from `invsr_runtime.chain_feeds.chain_feeds`, so they
 are built exactly as the runtime builds them.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from invsr_runtime.pnp import chain_feeds
+from invsr_runtime.chain_feeds import chain_feeds
 from invsr_runtime.schedule import Schedule
 
 #: run(component, feeds) -> the component's single output.

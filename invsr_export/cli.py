@@ -15,7 +15,7 @@ from typing import NoReturn, Sequence
 
 from invsr_runtime.manifest import PRECISIONS
 
-from .exporter import BACKENDS, ExportOptions, ExportReport
+from .exporter import EXPORT_TARGETS, ExportOptions, ExportReport
 
 logger = logging.getLogger("invsr_export")
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="invsr-export", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="engine folder to write")
     p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="graph precision (default fp16)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
+    p.add_argument("--backend", default="auto", choices=EXPORT_TARGETS,
                    help="tensorrt: build engines (needs TensorRT + a GPU); onnxruntime: ONNX files; "
                         "auto: TensorRT when available, else ONNX (default)")
     p.add_argument("--base", default="stabilityai/sd-turbo",

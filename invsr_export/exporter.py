@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from invsr_runtime.manifest import COMPONENTS, PRECISIONS
+from invsr_runtime.cache import cache_root
+from invsr_runtime.manifest import BACKENDS, COMPONENTS, PRECISIONS, TensorRTBuild
 from invsr_runtime.schedule import DEFAULT_TIMESTEPS
 
 from . import engine_folder, graph_rewrites, tensorrt_build
@@ -25,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: progress(component, stage, seconds or None when starting)
 Progress = Callable[[str, str, "float | None"], None]
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: What `invsr-export --backend` accepts: a backend to build the folder for, or "auto" (TensorRT engines when
+#: TensorRT and a GPU are here, else ONNX graphs). Not the runtime's "auto" (run what the folder holds).
+EXPORT_TARGETS = ("auto",) + BACKENDS
 #: The LR tile must give a latent divisible by 8 (the UNet downsamples it 3 times): T/2 % 8 == 0.
 TILE_MULTIPLE = 16
 
@@ -88,8 +91,8 @@ class ExportReport:
 
 def resolve_backend(requested: str) -> tuple[str, "tensorrt_build.TrtEnvironment | None", str]:
     """(backend, TensorRT environment or None, why). `tensorrt` without TensorRT/GPU raises at once."""
-    if requested not in BACKENDS:
-        raise ExportOptionError(f"unknown backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested not in EXPORT_TARGETS:
+        raise ExportOptionError(f"unknown backend {requested!r}: choose one of {', '.join(EXPORT_TARGETS)}")
     if requested == "onnxruntime":
         return "onnxruntime", None, "requested"
     try:
@@ -281,16 +284,14 @@ def _finish_files(opts, backend, env, stage, paths, digests, specs, reports, pro
         files[name] = plan.name
         reports[name].file = plan.name
         reports[name].size_bytes = plan.stat().st_size
-    info = {"tensorrt_version": env.tensorrt_version, "gpu_name": env.gpu_name,
-            "compute_capability": env.compute_capability, "engine_cache": str(cache_dir), "engines": keys,
-            "timing_cache": str(opts.timing_cache) if opts.timing_cache else None}
+    built = TensorRTBuild(env.tensorrt_version, env.gpu_name, env.compute_capability)
+    info = dict(built.to_dict(), engine_cache=str(cache_dir), engines=keys,
+                timing_cache=str(opts.timing_cache) if opts.timing_cache else None)
     return files, info
 
 
 def _default_engine_cache() -> Path:
-    from invsr_train.prompts import cache_dir
-
-    return cache_dir() / "engines"
+    return cache_root() / "engines"
 
 
 def _predictor_sha256(spec: str, predictor) -> str:
@@ -339,10 +340,7 @@ def _provenance(opts, base, predictor, tile, digests, notes, trt_info, rewrites)
         "tile": tile,
         "batch": opts.batch,
         "tools": engine_folder.tool_versions(),
-        "tensorrt_version": trt_info["tensorrt_version"] if trt_info else None,
-        "gpu_name": trt_info["gpu_name"] if trt_info else None,
-        "gpu_compute_capability": trt_info["compute_capability"] if trt_info else None,
-        "tensorrt": trt_info,
+        TensorRTBuild.KEY: trt_info,  # the one TensorRT / GPU record (None for ONNX folders)
         "build_flags": _build_flags(opts, trt_info is not None),
         "precision_pass": notes,
         "exporter": "torch.onnx.export(dynamo=False) + onnxscript optimizer",

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .backends import BACKEND_CHOICES
 from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
 from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
+from .schedule import MAX_STEPS
 from .warning_lines import warnings_as_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,13 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("engine_dir", help="engine folder written by invsr-export")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps 1..5 (default 1, or the count of --timesteps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps 1..{MAX_STEPS} (default 1, or the count of --timesteps)")
     p.add_argument("--timesteps", default=None, help="custom timesteps, strictly decreasing in 1..250, e.g. 200,100")
     p.add_argument("--color-fix", default="none", choices=COLOR_FIXES, help="colour correction (default none)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (>= 0); same seed, same output (default 0)")
     p.add_argument("--tile-batch", type=int, default=None,
                    help="tiles per round, rounded up to a multiple of the engine batch (default: the engine batch)")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="default auto: what the folder holds")
     p.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -75,8 +78,8 @@ class Tally:
 # ---------------------------------------------------------------------------------------- arguments
 def check_args(args: argparse.Namespace) -> None:
     """Validate everything that needs no file access; UsageError otherwise."""
-    if args.steps is not None and not 1 <= args.steps <= 5:
-        raise UsageError(f"--steps must be 1..5, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be 1..{MAX_STEPS}, got {args.steps}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.tile_batch is not None and args.tile_batch < 1:

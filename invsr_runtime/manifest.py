@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -22,6 +22,39 @@ PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 class ManifestError(ValueError):
     """The folder is not a usable engine folder; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TensorRTBuild:
+    """Which TensorRT and GPU built a folder's engines: the `tensorrt` record of the provenance.
+
+    `invsr-export` writes it once (`provenance["tensorrt"]`, with its engine-cache details beside these
+    keys); the TensorRT backend reads it back through `from_provenance`, the one reader.
+    """
+
+    tensorrt_version: str | None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+
+    #: The provenance key that holds the record.
+    KEY = "tensorrt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
+                "compute_capability": self.compute_capability}
+
+    @staticmethod
+    def from_provenance(provenance: Mapping[str, Any]) -> "TensorRTBuild | None":
+        """The record, or None when the folder was not built by TensorRT (no `tensorrt` record)."""
+        record = provenance.get(TensorRTBuild.KEY)
+        if not isinstance(record, Mapping):
+            return None
+
+        def text(key: str) -> str | None:
+            value = record.get(key)
+            return None if value in (None, "") else str(value)
+
+        return TensorRTBuild(text("tensorrt_version"), text("gpu_name"), text("compute_capability"))
 
 
 @dataclass(frozen=True)

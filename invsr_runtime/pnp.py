@@ -1,11 +1,12 @@
-"""The PnP loop: an RGB image -> tiles -> engine batches through a backend's tile chain -> blended image.
+"""The PnP loop: an RGB image -> tiles -> engine batches through a `TileChain` (a backend) -> blended image.
 
 Per tile (docs/INTERFACES.md, "The exported graphs"): vae_encoder -> predictor (sigma[0], t[0]-1)
 -> unet once per step (sigma[i], sigma_next[i]) -> vae_decoder. All sampler arithmetic lives in the
 graphs; this module only decides which tiles go together, feeds them their seeded noise and blends
 the outputs. Memory is bounded by one round of `tile_batch` tiles plus the blended output.
 
-Batching: the engines have a fixed batch B. `tile_batch` (tiles cut, run and blended per round) is
+Batching: the engines have a fixed batch B (`TileChain.fixed_batch`; a chain without one, such as the
+PyTorch reference, gets a shorter last batch instead of padding). `tile_batch` (tiles cut, run and blended per round) is
 rounded up to a multiple of B; a partial last engine batch is padded by repeating its last tile (the
 repeats are computed and thrown away). Noise comes from `tile_noise(seed, tile_index, (L, L))`, so the
 result does not depend on B or `tile_batch`: same seed, same image.
@@ -14,45 +15,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .colorfix import COLOR_FIXES, apply_color_fix, color_reference
 from .noise import tile_noise
 from .schedule import Schedule
+from .tile_chain import TileChain
 from .tiling import TileBlender, TilePlan, extract_tiles, pad_image, plan_tiles
-
-if TYPE_CHECKING:
-    from .backends.base import Backend
 
 logger = logging.getLogger(__name__)
 
 #: on_tiles(done, total): progress callback, called after each engine batch.
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class ChainFeeds:
-    """The scalar and constant inputs of one tile chain for a batch (per-tile arrays are added by the caller)."""
-
-    predictor: dict[str, np.ndarray]
-    unet_steps: list[dict[str, np.ndarray]]
-
-
-def chain_feeds(schedule: Schedule, batch: int, prompt_embeds: np.ndarray) -> ChainFeeds:
-    """Timesteps (network values, t-1), sigmas and the prompt embedding as [B] / [B,77,D] float32 arrays."""
-    def full(value: float) -> np.ndarray:
-        return np.full((batch,), value, dtype=np.float32)
-
-    embeds = np.broadcast_to(prompt_embeds, (batch,) + prompt_embeds.shape[1:])
-    steps = [
-        {"timestep": full(t), "sigma": full(s), "sigma_next": full(sn), "encoder_hidden_states": embeds}
-        for t, s, sn in zip(schedule.net_timesteps, schedule.sigmas, schedule.sigmas_next)
-    ]
-    predictor = {"timestep": full(schedule.net_timesteps[0]), "sigma": full(schedule.sigmas[0])}
-    return ChainFeeds(predictor=predictor, unet_steps=steps)
 
 
 def round_tile_batch(tile_batch: int | None, engine_batch: int) -> int:
@@ -85,24 +61,24 @@ def _noise(seed: int, indices: Sequence[int], latent: int) -> tuple[np.ndarray, 
 
 
 def _run_round(
-    backend: "Backend", padded: np.ndarray, plan: TilePlan, indices: Sequence[int],
+    chain: TileChain, padded: np.ndarray, plan: TilePlan, indices: Sequence[int],
     schedule: Schedule, seed: int, blender: TileBlender, on_batch: Callable[[int], None],
 ) -> None:
     """Cut, run and blend one round of tiles, one engine batch at a time."""
     tiles = extract_tiles(padded, plan, indices).transpose(0, 3, 1, 2)
     position = {index: k for k, index in enumerate(indices)}
     latent = plan.tile * plan.scale // 8
-    for chunk, real in engine_batches(indices, backend.batch, pad=getattr(backend, "fixed_batch", True)):
+    for chunk, real in engine_batches(indices, chain.batch, pad=chain.fixed_batch):
         lr = np.ascontiguousarray(tiles[[position[i] for i in chunk]], dtype=np.float32)
         vae_noise, pred_noise = _noise(seed, chunk, latent)
-        out = backend.run_chain(lr, vae_noise, pred_noise, schedule)
+        out = chain.run_chain(lr, vae_noise, pred_noise, schedule)
         for index, tile_out in zip(chunk[:real], out[:real]):
             blender.add(index, np.asarray(tile_out, dtype=np.float32).transpose(1, 2, 0))
         on_batch(real)
 
 
 def upscale_rgb(
-    backend: "Backend",
+    chain: TileChain,
     image: np.ndarray,
     schedule: Schedule,
     color_fix: str = "none",
@@ -110,7 +86,7 @@ def upscale_rgb(
     tile_batch: int | None = None,
     on_tiles: ProgressFn | None = None,
 ) -> np.ndarray:
-    """RGB HxWx3 float32 in [0, 1] (any size) -> (scale*H)x(scale*W)x3 float32 in [0, 1]."""
+    """RGB HxWx3 float32 in [0, 1] (any size) -> (scale*H)x(scale*W)x3 float32 in [0, 1] through `chain`."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape HxWx3, got {image.shape}")
     if color_fix not in COLOR_FIXES:
@@ -118,10 +94,10 @@ def upscale_rgb(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    plan = plan_tiles(image.shape[0], image.shape[1], tile=backend.tile, scale=backend.scale)
+    plan = plan_tiles(image.shape[0], image.shape[1], tile=chain.tile, scale=chain.scale)
     padded = pad_image(image, plan)
     blender = TileBlender(plan, channels=3)
-    per_round = round_tile_batch(tile_batch, backend.batch)
+    per_round = round_tile_batch(tile_batch, chain.batch)
     total, done = plan.num_tiles, 0
 
     def on_batch(real: int) -> None:
@@ -132,8 +108,8 @@ def upscale_rgb(
 
     for start in range(0, total, per_round):
         indices = list(range(start, min(start + per_round, total)))
-        _run_round(backend, padded, plan, indices, schedule, seed, blender, on_batch)
+        _run_round(chain, padded, plan, indices, schedule, seed, blender, on_batch)
     result = blender.result()
     if color_fix != "none":
-        result = apply_color_fix(result, color_reference(image, scale=backend.scale), color_fix)
+        result = apply_color_fix(result, color_reference(image, scale=chain.scale), color_fix)
     return np.clip(result, 0.0, 1.0).astype(np.float32)

@@ -34,7 +34,7 @@ __all__ = [
     "parse_assignment",
 ]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+TRAIN_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PREDICTOR_SIZES = ("auto", "full", "tiny")
 HR_LATENT_MODES = ("sample", "mean")
 
@@ -228,7 +228,7 @@ def _validate_optim(o: OptimConfig) -> None:
 def _validate_run(r: RunConfig) -> None:
     _check(r.max_steps >= 0, "train.max_steps", "must be >= 0")
     _check(r.batch_size >= 1 and r.micro_batch >= 1, "train.batch_size", "batch sizes must be >= 1")
-    _check(r.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")
+    _check(r.precision in TRAIN_PRECISIONS, "train.precision", f"must be one of {TRAIN_PRECISIONS}")
     for name in ("log_every", "ckpt_every", "keep_checkpoints"):
         _check(getattr(r, name) >= 1, f"train.{name}", "must be >= 1")
     _check(r.val_every >= 0 and r.sample_count >= 0, "train.val_every", "val_every and sample_count must be >= 0")

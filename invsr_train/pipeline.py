@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from invsr_runtime.pnp import upscale_rgb
 from invsr_runtime.schedule import Schedule, make_schedule, resolve_timesteps
+from invsr_runtime.tile_chain import TileChain
 
 from .models.base import BaseModels
 from .models.noise_predictor import NoisePredictor, sample_from_moments
@@ -115,24 +116,40 @@ class ReferencePipeline:
         the reference and every backend cut, seed and blend tiles identically.
         """
         schedule = self.schedule(steps, timesteps)
-        chain = _ReferenceChain(self, tile or self.base.tile, tile_batch)
+        chain = ReferenceChain(self, tile or self.base.tile, tile_batch)
         return upscale_rgb(chain, image, schedule, color_fix=color_fix, seed=seed, tile_batch=tile_batch,
                            on_tiles=on_tile)
 
 
-class _ReferenceChain:
-    """Presents the reference pipeline as a runtime backend of variable batch (no padding of the last batch)."""
-
-    scale = SCALE
-    fixed_batch = False
+class ReferenceChain(TileChain):
+    """The reference pipeline as a `TileChain` of variable batch: the last batch is not padded."""
 
     def __init__(self, pipe: ReferencePipeline, tile: int, batch: int) -> None:
         if batch < 1:
             raise ValueError(f"tile_batch must be >= 1, got {batch}")
-        self.pipe, self.tile, self.batch = pipe, tile, batch
+        self.pipe, self._tile, self._batch = pipe, tile, batch
+
+    @property
+    def tile(self) -> int:
+        return self._tile
+
+    @property
+    def scale(self) -> int:
+        return SCALE
+
+    @property
+    def batch(self) -> int:
+        return self._batch
+
+    @property
+    def fixed_batch(self) -> bool:
+        return False
 
     def run_chain(self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule) -> np.ndarray:
         """One batch of LR tiles [B,3,T,T] + noises [B,4,L,L] (numpy) -> HR tiles [B,3,4T,4T] float32."""
         out = self.pipe.upscale_tiles(torch.from_numpy(lr), schedule, torch.from_numpy(vae_noise),
                                       torch.from_numpy(pred_noise))
         return out.cpu().numpy()
+
+    def close(self) -> None:
+        """Nothing to release: the models belong to the pipeline."""

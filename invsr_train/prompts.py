@@ -4,8 +4,8 @@ InvSR always conditions SD-Turbo on the same prompt, so the text encoder is only
 prompt into one ``[1, 77, D]`` tensor. That tensor is cached on disk (and shipped as
 ``prompt_embeds.npy`` in engine folders) so that nothing downstream needs a text encoder.
 
-Cache location: ``$INVSR_TRT_CACHE`` (default ``~/.cache/invsr_trt``), file
-``prompt_embeds/<key>.npy`` with ``key`` a hash of (model source, text-encoder fingerprint or hub
+Cache location: ``invsr_runtime.cache.cache_root()`` (``$INVSR_TRT_CACHE``, default ``~/.cache/invsr_trt``),
+file ``prompt_embeds/<key>.npy`` with ``key`` a hash of (model source, text-encoder fingerprint or hub
 revision, prompt text).
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from invsr_runtime.cache import cache_root
 
 if TYPE_CHECKING:  # heavy imports only where they are used
     import torch
@@ -52,12 +54,6 @@ class PromptEmbedError(RuntimeError):
     """A prompt embedding could not be read or computed (one line, says what was wrong)."""
 
 
-def cache_dir() -> Path:
-    """Root of invsr-trt's cache: ``$INVSR_TRT_CACHE`` or ``~/.cache/invsr_trt`` (read at call time)."""
-    env = os.environ.get("INVSR_TRT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "invsr_trt"
-
-
 def prompt_cache_key(source: str, fingerprint: str, prompt: str = PROMPT) -> str:
     """Hash naming one cached embedding: same model files + same prompt -> same key on any machine."""
     payload = json.dumps([_CACHE_FORMAT, source, fingerprint, prompt, PROMPT_MAX_LENGTH])
@@ -66,7 +62,7 @@ def prompt_cache_key(source: str, fingerprint: str, prompt: str = PROMPT) -> str
 
 def prompt_cache_path(source: str, fingerprint: str, prompt: str = PROMPT) -> Path:
     """Where the embedding for (source, fingerprint, prompt) is cached."""
-    return cache_dir() / "prompt_embeds" / f"{prompt_cache_key(source, fingerprint, prompt)}.npy"
+    return cache_root() / "prompt_embeds" / f"{prompt_cache_key(source, fingerprint, prompt)}.npy"
 
 
 def text_encoder_fingerprint(folder: str | os.PathLike[str]) -> str:

@@ -174,3 +174,15 @@ def test_predictor_sees_the_lr_tile_at_its_own_size(tiny_pipeline, monkeypatch):
         moments = pipe.predictor(lr, 149)
     want = moments[:, :4] + torch.exp(0.5 * moments[:, 4:]) * pred
     torch.testing.assert_close(pipe.predict_noise(lr, 149, pred), want, atol=1e-6, rtol=0)
+
+
+def test_reference_chain_is_a_tile_chain_of_variable_batch(tiny_pipeline):
+    from invsr_runtime.tile_chain import TileChain
+    from invsr_train.pipeline import ReferenceChain
+
+    chain = ReferenceChain(tiny_pipeline, tile=16, batch=3)
+    assert isinstance(chain, TileChain) and not chain.fixed_batch
+    assert (chain.tile, chain.scale, chain.batch) == (16, 4, 3)
+    lr = RNG.random((2, 3, 16, 16), dtype=np.float32)  # a short batch is fine: nothing is padded
+    noise = np.zeros((2, 4, 8, 8), dtype=np.float32)
+    assert chain.run_chain(lr, noise, noise, tiny_pipeline.schedule(1)).shape == (2, 3, 64, 64)

@@ -182,11 +182,18 @@ def test_trt_schedule_uploads(up):
 H200 = GpuInfo(name="NVIDIA H200", compute_capability="9.0", device=0)
 
 
+def _built(version: str, gpu: str = "NVIDIA H200", cc: str = "9.0", **rest) -> dict:
+    """Provenance as invsr-export writes it: one `tensorrt` record."""
+    return dict(rest, tensorrt={"tensorrt_version": version, "gpu_name": gpu, "compute_capability": cc})
+
+
 @pytest.mark.parametrize("provenance, words", [
-    ({"tensorrt_version": "10.13.0.35", "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}}, "TensorRT 10.13"),
-    ({"tensorrt_version": "11.4.0.106", "gpu": {"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}}, "8.0"),
-    ({"tensorrt_version": "11.4.0.106", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"}}, "H100"),
+    (_built("10.13.0.35"), "TensorRT 10.13"),
+    (_built("11.4.0.106", "NVIDIA A100-SXM4-40GB", "8.0"), "8.0"),
+    (_built("11.4.0.106", "NVIDIA H100"), "H100"),
     ({}, "does not say"),
+    # the old top-level copies are not read: one record, one reader
+    ({"tensorrt_version": "11.4.0.106", "gpu_name": "NVIDIA H200", "gpu_compute_capability": "9.0"}, "does not say"),
 ])
 def test_trt_refuses_other_version_or_gpu(tmp_path, provenance, words):
     with pytest.raises(BackendError, match=words) as info:
@@ -195,20 +202,13 @@ def test_trt_refuses_other_version_or_gpu(tmp_path, provenance, words):
 
 
 def test_trt_accepts_same_or_compatible_builds(tmp_path):
-    same = {"tensorrt_version": "11.4.0.106", "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}}
-    check_provenance(same, "11.4.0.106", H200, tmp_path)
-    check_provenance({"tensorrt": "11.4.0", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"},
-                     "11.4.0.106", H200, tmp_path)
-    exporter_style = {"tensorrt_version": "11.4.0.106", "gpu_name": "NVIDIA H200", "gpu_compute_capability": "9.0",
-                      "tensorrt": {"tensorrt_version": "11.4.0.106", "gpu_name": "NVIDIA H200",
-                                   "compute_capability": "9.0"}}
-    check_provenance(exporter_style, "11.4.0.106", H200, tmp_path)
+    check_provenance(_built("11.4.0.106"), "11.4.0.106", H200, tmp_path)
+    check_provenance(_built("11.4.0"), "11.4.0.106", H200, tmp_path)  # same major.minor.patch
     with pytest.raises(BackendError, match="compute capability 8.0"):
-        check_provenance(dict(exporter_style, gpu_compute_capability="8.0"), "11.4.0.106", H200, tmp_path)
-    check_provenance(dict(same, tensorrt_version="11.3.0.1", build_flags=["version_compatible"]),
+        check_provenance(_built("11.4.0.106", cc="8.0"), "11.4.0.106", H200, tmp_path)
+    check_provenance(_built("11.3.0.1", build_flags=["version_compatible"]), "11.4.0.106", H200, tmp_path)
+    check_provenance(_built("11.4.0.106", "NVIDIA A100", "8.0", build_flags="hardware_compatible"),
                      "11.4.0.106", H200, tmp_path)
-    check_provenance(dict(same, gpu={"name": "NVIDIA A100", "compute_capability": "8.0"},
-                          build_flags="hardware_compatible"), "11.4.0.106", H200, tmp_path)
 
 
 def test_trt_backend_without_tensorrt_or_gpu_is_a_clean_error(engines, tmp_path):
@@ -242,3 +242,35 @@ def test_import_is_light():
             " if m in sys.modules]; print(heavy)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+class _RecordingChain:
+    """A plain class with the TileChain members (no subclassing): nearest-neighbour x`scale` tiles."""
+
+    tile, scale = 16, 4
+
+    def __init__(self, batch: int, fixed_batch: bool) -> None:
+        self.batch, self.fixed_batch, self.calls = batch, fixed_batch, []
+
+    def run_chain(self, lr, vae_noise, pred_noise, schedule):
+        self.calls.append(lr.shape[0])
+        assert vae_noise.shape == pred_noise.shape == (lr.shape[0], 4, 8, 8)
+        return lr.repeat(self.scale, axis=2).repeat(self.scale, axis=3) * 0.5
+
+    def close(self) -> None:
+        pass
+
+
+def test_tile_chain_contract_decides_padding(up):
+    """The loop reads `fixed_batch` from the chain: pad the last batch (engines) or send it short."""
+    from invsr_runtime.pnp import upscale_rgb
+    from invsr_runtime.tile_chain import TileChain
+
+    assert isinstance(up.backend, TileChain) and up.backend.fixed_batch
+    image, schedule = _image(20, 40), up.schedule(1)  # 3 x 5 = 15 tiles of 16 px
+    fixed, loose = _RecordingChain(4, True), _RecordingChain(4, False)
+    assert isinstance(fixed, TileChain)  # structurally, without subclassing
+    out_fixed, out_loose = upscale_rgb(fixed, image, schedule), upscale_rgb(loose, image, schedule)
+    assert fixed.calls == [4, 4, 4, 4] and loose.calls == [4, 4, 4, 3]
+    np.testing.assert_array_equal(out_fixed, out_loose)
+    assert out_fixed.shape == (80, 160, 3)

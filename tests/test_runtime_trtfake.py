@@ -263,7 +263,7 @@ def _plan_folder(onnx_folder: Path, plan_folder: Path, provenance: dict) -> Path
     return plan_folder
 
 
-PROVENANCE = {"tensorrt_version": "11.4.0.106", "gpu": {"name": "Fake GPU", "compute_capability": "9.0"},
+PROVENANCE = {"tensorrt": {"tensorrt_version": "11.4.0.106", "gpu_name": "Fake GPU", "compute_capability": "9.0"},
               "build_flags": ["precision=fp32", "strongly_typed", "version_compatible"]}
 
 
@@ -427,7 +427,7 @@ def test_lean_runtime_needs_version_compatible_engines(fakes, folders, tmp_path)
 
 def test_trt_refuses_other_gpu(fakes, folders, tmp_path):
     folder = _plan_folder(folders[0], tmp_path / "other",
-                          {**PROVENANCE, "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"},
-                           "build_flags": ["strongly_typed"]})
+                          {**PROVENANCE, "build_flags": ["strongly_typed"], "tensorrt": {
+                              "tensorrt_version": "11.4.0.106", "gpu_name": "NVIDIA A100", "compute_capability": "8.0"}})
     with pytest.raises(trt_backend.BackendError, match="compute capability 8.0"):
         Upscaler(folder)

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import importlib.util
 
+from invsr_runtime.manifest import BACKENDS as ENGINE_BACKENDS
+from invsr_runtime.manifest import PRECISIONS
+
 from .base import STAGES, BoundTile, Runner, RunnerOptions, SkipConfig, TileInputs
 
-BACKENDS = ("torch-eager", "torch-fast", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+#: The PyTorch baselines (no engine folder).
 TORCH_BACKENDS = ("torch-eager", "torch-fast")
+#: What invsr-bench compares: the PyTorch baselines, then the runtime's engine backends.
+BENCH_BACKENDS = TORCH_BACKENDS + ENGINE_BACKENDS
 
-__all__ = ["BACKENDS", "PRECISIONS", "STAGES", "BoundTile", "Runner", "RunnerOptions", "SkipConfig",
+__all__ = ["BENCH_BACKENDS", "ENGINE_BACKENDS", "PRECISIONS", "STAGES", "BoundTile", "Runner", "RunnerOptions", "SkipConfig",
            "TileInputs", "make_runner", "skip_reason"]
 
 
 def skip_reason(backend: str, precision: str, device: str) -> str | None:
     """Why (backend, precision) cannot run on `device` here, decided before anything is loaded; None if it can."""
-    if backend not in BACKENDS:
+    if backend not in BENCH_BACKENDS:
         return f"unknown backend {backend!r}"
     if precision not in PRECISIONS:
         return f"unknown precision {precision!r}"
@@ -53,4 +57,4 @@ def make_runner(options: RunnerOptions) -> Runner:
         from .tensorrt import TensorRTRunner
 
         return TensorRTRunner(options)
-    raise ValueError(f"unknown backend {options.backend!r}: use one of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown backend {options.backend!r}: use one of {', '.join(BENCH_BACKENDS)}")

@@ -15,11 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from invsr_runtime.manifest import COMPONENTS as STAGES  # the exported graphs, in chain order
 from invsr_runtime.noise import tile_noise
 from invsr_runtime.schedule import Schedule
-
-#: Stage names (the exported graphs), in chain order.
-STAGES = ("vae_encoder", "predictor", "unet", "vae_decoder")
 
 
 class SkipConfig(Exception):

@@ -69,7 +69,7 @@ class OnnxRuntimeRunner(EngineFolderRunner):
     backend_name = "onnxruntime"
 
     def bind(self, inputs: TileInputs) -> BoundTile:
-        from invsr_runtime.pnp import chain_feeds
+        from invsr_runtime.chain_feeds import chain_feeds
 
         backend = self._open(inputs.batch)
         self.info.setdefault("providers", backend.sessions["unet"].get_providers())

@@ -13,8 +13,10 @@ from typing import Mapping
 
 import numpy as np
 
+from ..chain_feeds import chain_feeds
 from ..manifest import COMPONENTS, Manifest, ManifestError
 from ..schedule import Schedule
+from ..tile_chain import TileChain
 
 #: The graph contract (docs/INTERFACES.md): input and output names of each component.
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -54,7 +56,7 @@ def load_prompt_embeds(folder: Path, manifest: Manifest) -> np.ndarray:
     return embeds[None] if embeds.ndim == 2 else embeds
 
 
-class Backend(abc.ABC):
+class Backend(TileChain, abc.ABC):
     """Runs the tile chain of one engine folder; fixed engine batch and tile size from the manifest."""
 
     name = "base"
@@ -79,6 +81,11 @@ class Backend(abc.ABC):
     def scale(self) -> int:
         """Upscaling factor."""
         return int(self.manifest.scale)
+
+    @property
+    def fixed_batch(self) -> bool:
+        """Engines are built for one batch: every call carries exactly `batch` tiles."""
+        return True
 
     def dtype_of(self, component: str, tensor: str) -> np.dtype:
         """The numpy dtype the manifest declares for one graph input (float32 if unknown)."""
@@ -113,8 +120,6 @@ class ArrayBackend(Backend):
     def run_chain(
         self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule
     ) -> np.ndarray:
-        from ..pnp import chain_feeds
-
         latent_lr = self.run_graph("vae_encoder", self._cast("vae_encoder", {"lr": lr, "noise": vae_noise}))
         feeds = chain_feeds(schedule, lr.shape[0], self.prompt_embeds)
         pred = dict(feeds.predictor, lr=lr, noise=pred_noise, latent_lr=latent_lr)

@@ -2,7 +2,7 @@
 
 CPU by default, which works on any machine. When onnxruntime-gpu is installed, `auto` puts the
 TensorRT and CUDA execution providers first (ONNX Runtime falls back to the next provider itself
-when one cannot start); TensorRT EP engines are cached under ~/.cache/invsr-trt/ort-trt. The
+when one cannot start); TensorRT EP engines are cached under `cache_root()/ort-trt`. The
 environment variable INVSR_ORT_PROVIDERS (comma-separated provider names) overrides the choice.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..cache import cache_root
 from ..manifest import COMPONENTS, Manifest
 from .base import GRAPH_IO, ArrayBackend, BackendError
 
@@ -35,7 +36,7 @@ def _import_ort() -> Any:
 def _cache_dir(folder: Path) -> Path:
     """A per-engine-folder cache for TensorRT EP engines (never written into the engine folder)."""
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "invsr-trt" / "ort-trt" / key
+    return cache_root() / "ort-trt" / key
 
 
 def choose_providers(available: Sequence[str], folder: Path, requested: Sequence[str] | None = None) -> list:

@@ -25,16 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ..manifest import COMPONENTS, Manifest
-from ..pnp import chain_feeds
-from ..schedule import Schedule
+from ..chain_feeds import chain_feeds
+from ..manifest import COMPONENTS, Manifest, TensorRTBuild
+from ..schedule import MAX_STEPS, Schedule
 from .base import GRAPH_IO, Backend, BackendError
 from .cuda import DeviceBuffer, GpuInfo, call, error_text, gpu_info, import_cudart
 from .trt_import import import_tensorrt
 
 logger = logging.getLogger(__name__)
 
-MAX_STEPS = 5
 REBUILD = ("rebuild the engines on this machine with `invsr-export --out DIR ...` (TensorRT engines only run "
            "with the TensorRT version and GPU they were built with), or use an ONNX folder with --backend onnxruntime")
 
@@ -91,32 +90,10 @@ def _flags(provenance: dict) -> str:
     return " ".join(map(str, flags)) if isinstance(flags, (list, tuple)) else str(flags)
 
 
-def _built_with(provenance: dict) -> tuple[str | None, str | None, str | None]:
-    """(tensorrt version, gpu name, compute capability) recorded by invsr-export.
-
-    Read from the top level (`tensorrt_version`, `gpu_name`, `gpu_compute_capability`) or from a nested
-    `tensorrt` / `gpu` record, whichever is present.
-    """
-    nested = {}
-    for key in ("tensorrt", "gpu"):
-        if isinstance(provenance.get(key), dict):
-            nested.update(provenance[key])
-
-    def pick(*keys: str) -> str | None:
-        for key in keys:
-            for source in (provenance, nested):
-                value = source.get(key)
-                if value not in (None, "") and not isinstance(value, dict):
-                    return str(value)
-        return None
-
-    return (pick("tensorrt_version", "tensorrt", "version"), pick("gpu_name", "gpu", "name"),
-            pick("gpu_compute_capability", "compute_capability"))
-
-
 def check_provenance(provenance: dict, trt_version: str, gpu: GpuInfo, folder: Path) -> None:
     """Refuse engines built with another TensorRT version or on another GPU (unless built compatible)."""
-    built_trt, built_gpu, built_cc = _built_with(provenance)
+    built = TensorRTBuild.from_provenance(provenance) or TensorRTBuild(None)
+    built_trt, built_gpu, built_cc = built.tensorrt_version, built.gpu_name, built.compute_capability
     flags = _flags(provenance).lower()
     if built_trt is None:
         raise BackendError(f"{folder}: the manifest does not say which TensorRT built the engines; {REBUILD}")
