@@ -15,6 +15,7 @@ import pytest
 
 from invsr_export import tensorrt_build
 from invsr_export.tensorrt_build import BuildOptions, TensorRTUnavailable
+from invsr_runtime.manifest import TensorRTBuild
 
 from test_runtime_toyengine import build_toy_engine  # noqa: E402
 
@@ -76,9 +77,8 @@ def _plan_folder(root: Path, version_compatible: bool) -> tuple[Path, Path]:
         (plans / comp["file"]).unlink()
         comp["file"] = comp["file"].replace(".onnx", ".plan")
     flags = ["precision=fp32", "strongly_typed"] + (["version_compatible"] if version_compatible else [])
-    manifest.update(backend="tensorrt", provenance={
-        "tensorrt_version": ENV.tensorrt_version, "build_flags": flags,
-        "gpu": {"name": ENV.gpu_name, "compute_capability": ENV.compute_capability}})
+    built = TensorRTBuild(ENV.tensorrt_version, ENV.gpu_name, ENV.compute_capability)
+    manifest.update(backend="tensorrt", provenance={TensorRTBuild.KEY: built.to_dict(), "build_flags": flags})
     (plans / "manifest.json").write_text(json.dumps(manifest))
     return onnx_folder, plans
 
