@@ -176,3 +176,21 @@ def test_cached_engine_folder_must_have_this_exporters_graph_rewrites(tmp_path, 
         monkeypatch.setattr(manifest_mod, "load_manifest", lambda folder, r=rewrites: fake_manifest(r))
         assert matches(tmp_path, "onnxruntime", "fp32", 128, 1) is want, rewrites
         assert not matches(tmp_path, "onnxruntime", "fp32", 128, 8)  # other batch: never
+
+
+def test_a_runner_is_a_tile_chain_for_whole_images(tiny_pipeline, one_thread):
+    """runner.tile_chain(B) plugs a benchmarked backend into the runtime's tile loop: same image as the reference."""
+    from benchmarks.runners import RunnerOptions, make_runner
+    from invsr_runtime.pnp import upscale_rgb
+    from invsr_runtime.tile_chain import TileChain
+
+    runner = make_runner(RunnerOptions(backend="torch-eager", precision="fp32", base="synthetic:tiny",
+                                       predictor="synthetic", device="cpu", tile=32))
+    runner.setup()
+    chain = runner.tile_chain(2)
+    assert isinstance(chain, TileChain) and chain.fixed_batch and (chain.tile, chain.scale) == (32, 4)
+    image = np.random.default_rng(0).random((40, 56, 3), dtype=np.float32)  # 3 tiles: the last batch is padded
+    schedule = tiny_pipeline.schedule(2)
+    got = upscale_rgb(chain, image, schedule, seed=5)
+    np.testing.assert_allclose(got, tiny_pipeline.upscale(image, steps=2, seed=5, tile=32), atol=1e-5)
+    chain.close()

@@ -18,6 +18,7 @@ import numpy as np
 from invsr_runtime.manifest import COMPONENTS as STAGES  # the exported graphs, in chain order
 from invsr_runtime.noise import tile_noise
 from invsr_runtime.schedule import Schedule
+from invsr_runtime.tile_chain import TileChain
 
 
 class SkipConfig(Exception):
@@ -101,6 +102,47 @@ class Runner(abc.ABC):
 
     def close(self) -> None:
         """Release models / sessions."""
+
+    def tile_chain(self, batch: int) -> "RunnerChain":
+        """This loaded runner as the tile loop's device (a `TileChain` of fixed `batch`), e.g. for whole images."""
+        return RunnerChain(self, batch)
+
+
+class RunnerChain(TileChain):
+    """A runner as a `TileChain`: each `run_chain` binds the batch and runs the whole chain, host arrays in and out.
+
+    Fixed batch: engines are built for one batch and torch-fast compiles static shapes, so the loop pads.
+    """
+
+    def __init__(self, runner: Runner, batch: int, scale: int = 4) -> None:
+        self.runner, self._batch, self._scale = runner, batch, scale
+
+    @property
+    def tile(self) -> int:
+        return int(self.runner.options.tile)
+
+    @property
+    def scale(self) -> int:
+        return self._scale
+
+    @property
+    def batch(self) -> int:
+        return self._batch
+
+    @property
+    def fixed_batch(self) -> bool:
+        return True
+
+    def run_chain(
+        self, lr: np.ndarray, vae_noise: np.ndarray, pred_noise: np.ndarray, schedule: Schedule
+    ) -> np.ndarray:
+        bound = self.runner.bind(TileInputs(lr, vae_noise, pred_noise, schedule))
+        out = bound.to_image(bound.chain())
+        self.runner.sync()
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 def engine_folder(options: RunnerOptions, batch: int) -> Path:
