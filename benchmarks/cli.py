@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from invsr_runtime.outdir import outdir_problem
+from invsr_runtime.warning_lines import warnings_as_lines
+
 from . import engines as engine_cache
 from .child import log_tail, run_child
 from .runners import BENCH_BACKENDS, ENGINE_BACKENDS, PRECISIONS, skip_reason
@@ -293,6 +296,22 @@ def render_only(folder: Path) -> int:
     return 0
 
 
+def early_problem(args: argparse.Namespace) -> str | None:
+    """What makes the run fail late, found before it starts: a tile or batch invsr-export refuses, an
+    --out that cannot be written. One line, or None."""
+    from invsr_export.exporter import ExportOptionError, check_batch, check_tile
+
+    try:
+        if args.tile is not None:
+            check_tile(args.tile)
+        for batch in args.batch:
+            check_batch(batch)
+    except ExportOptionError as exc:
+        return str(exc)
+    problem = outdir_problem(args.out)
+    return f"--out {problem}; pass a writable report folder" if problem else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `invsr-bench`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -308,10 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(s > 5 for s in args.steps):
         print("error: --steps takes 1..5 (see invsr-bench --help)", file=sys.stderr)
         return 2
+    problem = early_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="invsr-bench: %(message)s")
     try:
-        return Bench(args, argv).run()
+        with warnings_as_lines():
+            return Bench(args, argv).run()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from invsr_runtime.manifest import PRECISIONS
+from invsr_runtime.warning_lines import warnings_as_lines
 
 from .exporter import EXPORT_TARGETS, ExportOptions, ExportReport
 
@@ -124,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .exporter import run_export
 
     try:
-        report = run_export(opts, _progress_printer())
+        with warnings_as_lines():
+            report = run_export(opts, _progress_printer())
     except KeyboardInterrupt:
         print(f"error: interrupted; nothing was written to {opts.out}", file=sys.stderr)
         return 130

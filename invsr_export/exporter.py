@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from invsr_runtime.manifest import BACKENDS, COMPONENTS, PRECISIONS, TensorRTBui
 from invsr_runtime.schedule import DEFAULT_TIMESTEPS
 
 from . import engine_folder, graph_rewrites, tensorrt_build
-from .onnx_export import DEFAULT_OPSET, export_module, graph_files, onnx_digest, sha256_file
+from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_module, graph_files, max_opset, onnx_digest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ Progress = Callable[[str, str, "float | None"], None]
 EXPORT_TARGETS = ("auto",) + BACKENDS
 #: The LR tile must give a latent divisible by 8 (the UNet downsamples it 3 times): T/2 % 8 == 0.
 TILE_MULTIPLE = 16
+#: Largest LR tile: export memory grows with the tile's 4th power (self-attention over (T/2)^2 latent
+#: positions); at 256 the UNet's first attention already holds 16x what it does at InvSR's 128.
+MAX_TILE = 256
+#: Largest engine batch: the graphs are traced (and validated) with the whole batch, so export memory
+#: grows with it; the runtime's --tile-batch runs more tiles per round with any engine batch.
+MAX_BATCH = 32
 
 
 class ExportOptionError(ValueError):
@@ -108,17 +115,37 @@ def check_options(opts: ExportOptions, base_tile: int | None = None) -> int | No
     """Validate precision / batch / tile before anything heavy; returns the tile (None: not known yet)."""
     if opts.precision not in PRECISIONS:
         raise ExportOptionError(f"unknown precision {opts.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if opts.batch < 1:
-        raise ExportOptionError(f"--batch must be >= 1, got {opts.batch}")
+    check_batch(opts.batch)
+    if not MIN_OPSET <= opts.opset <= max_opset():
+        raise ExportOptionError(f"--opset must be {MIN_OPSET}..{max_opset()} (what this PyTorch exporter and onnx "
+                                f"package support), got {opts.opset}")
+    if opts.gate_db is not None and not (math.isfinite(opts.gate_db) and opts.gate_db >= 0):
+        raise ExportOptionError(f"--gate-db must be a finite PSNR in dB (>= 0), got {opts.gate_db}")
     if opts.calib_tiles < 1 or opts.validate_tiles < 1:
         raise ExportOptionError("--calib-tiles and --validate-tiles must be >= 1")
     bad_steps = [s for s in opts.validate_steps if s not in DEFAULT_TIMESTEPS]
     if bad_steps or not opts.validate_steps:
         raise ExportOptionError(f"--validate-steps takes step counts 1..5, got {list(opts.validate_steps)}")
     tile = opts.tile if opts.tile is not None else base_tile
-    if tile is not None and (tile < TILE_MULTIPLE or tile % TILE_MULTIPLE):
-        raise ExportOptionError(f"--tile must be a positive multiple of {TILE_MULTIPLE} (e.g. 128), got {tile}")
+    if tile is not None:
+        check_tile(tile)
     return tile
+
+
+def check_tile(tile: int) -> None:
+    """ExportOptionError unless `tile` is a multiple of 16 in 16..MAX_TILE (the message says why)."""
+    if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE or tile > MAX_TILE:
+        raise ExportOptionError(
+            f"--tile must be a multiple of {TILE_MULTIPLE} from {TILE_MULTIPLE} to {MAX_TILE} (e.g. 128), got {tile}: "
+            f"the latent (T/2) must split into 8, and export memory grows with the tile's 4th power")
+
+
+def check_batch(batch: int) -> None:
+    """ExportOptionError unless 1 <= batch <= MAX_BATCH (the message says why)."""
+    if not 1 <= batch <= MAX_BATCH:
+        raise ExportOptionError(
+            f"--batch must be 1..{MAX_BATCH}, got {batch}: the graphs are traced with the whole batch, so export "
+            f"memory grows with it (more tiles per round at run time: invsr-run --tile-batch)")
 
 
 def _example_args(io) -> list:

@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 
 MIN_OPSET = 19
 DEFAULT_OPSET = 19
+#: Newest opset when PyTorch does not say (its TorchScript exporter's own limit at the time of writing).
+_FALLBACK_MAX_OPSET = 20
+
+
+def max_opset() -> int:
+    """The newest opset both this PyTorch's exporter and the installed onnx package support."""
+    try:
+        from torch.onnx import _constants
+
+        newest = int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        newest = _FALLBACK_MAX_OPSET
+    return min(newest, int(onnx.defs.onnx_opset_version()))
 #: Above this many bytes of weights a graph is saved with its weights in ``<file>.data`` (protobuf caps at 2 GB).
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
 #: Largest ConstantOfShape output (elements) that is folded into an initializer.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from .backends import BACKEND_CHOICES
 from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
 from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
+from .outdir import outdir_problem
 from .schedule import MAX_STEPS
 from .warning_lines import warnings_as_lines
 
@@ -87,7 +87,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"{args.out}: exists and is not a folder; pass an output folder to -o")
+        raise UsageError(f"{args.out}: exists and is not a folder; pass an output folder to -o")  # even with no work
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -150,14 +150,9 @@ def _refuse_overwriting_inputs(jobs: list[Job]) -> list[Job]:
 
 def check_outdir(outdir: Path) -> None:
     """UsageError unless OUTDIR is (or can be created as) a writable folder: checked before any work."""
-    probe = outdir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{outdir}: cannot be created ({probe} is not a folder); pass another -o")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "is" if probe == outdir else f"cannot be created: {probe} is"
-        raise UsageError(f"{outdir}: {where} not writable; pass a writable output folder to -o")
+    problem = outdir_problem(outdir)
+    if problem is not None:
+        raise UsageError(f"{problem}; pass a writable output folder to -o")
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -93,18 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 for a problem the user can fix)."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from invsr_runtime.warning_lines import warnings_as_lines
+
     from .builders import TrainError
     from .config import ConfigError
+    from .data import DataError
 
     trainer = None
     try:
         from .trainer import Trainer
 
         cfg = resolve_config(args)
-        trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
-        result = trainer.train()
-    except (ConfigError, TrainError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        with warnings_as_lines():
+            trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+            result = trainer.train()
+    except (ConfigError, TrainError, DataError) as e:
+        print(f"{PROG}: error: {_last_reason(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
@@ -117,9 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _last_reason(e: BaseException) -> str:
+    """The one-line reason; an error re-raised from a DataLoader worker carries the worker's traceback in
+    its message, whose last line is the original `Type: reason`."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    last = lines[-1]
+    return last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+
+
 def _report(result: Any) -> None:
     """What the run produced, on stdout."""
-    print(f"steps: {result.step} ({result.steps_run} this run, {result.steps_per_second:.3f} steps/s)")
+    rate = f", {result.steps_per_second:.3f} steps/s" if result.steps_run else ""
+    print(f"steps: {result.step} ({result.steps_run} this run{rate})")
     if result.last:
         print("last step: " + ", ".join(f"{k} {v:.5g}" for k, v in result.last.items()))
     if result.val:

@@ -150,6 +150,7 @@ class HRCropDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
         index, key = item
+        reason = "every file was skipped earlier"
         for attempt in range(len(self.paths)):
             i = (index + attempt) % len(self.paths)
             if i in self._bad:
@@ -164,7 +165,8 @@ class HRCropDataset(Dataset):
             rng = np.random.default_rng([self.seed, key])
             crop = random_crop(img, self.crop, rng, self.hflip)
             return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
-        raise DataError("none of the training images could be decoded")
+        raise DataError(f"none of the {len(self.paths)} training images could be decoded (last: {reason}); "
+                        "check the --data folders")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,13 +38,28 @@ class DistInfo:
         return self.rank == 0
 
 
+class DeviceError(ValueError):
+    """A --device this machine does not have (one line: what was asked, what there is)."""
+
+
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is there, else CPU; ``cuda`` gets the local rank's index."""
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is there, else CPU; ``cuda`` gets the local rank's index.
+
+    DeviceError for a device name torch does not know, or a CUDA device this machine does not have.
+    """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {spec!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA GPU (or a CPU-only PyTorch)"
+            raise DeviceError(f"--device {spec}: this machine has {have}; use --device cpu or auto")
     return device
 
 

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from invsr_runtime.outdir import outdir_problem
+
 from . import checkpointing as ckpt
 from .builders import (
     TrainError,
@@ -44,7 +46,7 @@ from .config import TrainConfig
 from .data import HRCropDataset, StepSampler, make_loader
 from .degradations import degrade
 from .discriminator import LatentDiscriminator
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import DeviceError, DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .ema import EMA
 from .losses import clamp_for_disc, d_hinge_loss, g_hinge_loss, l2_loss, logit_mean
 from .lpips_latent import LPIPSWeightsError, build_latent_lpips
@@ -87,7 +89,13 @@ class Trainer:
         """Set everything up (``base``: an already loaded frozen base to reuse instead of ``model.base``)."""
         self.cfg = cfg
         self.out = Path(out)
-        self.dist: DistInfo = init_distributed(device)
+        problem = outdir_problem(self.out)
+        if problem is not None:
+            raise TrainError(f"{problem}; pass a writable folder to --out")
+        try:
+            self.dist: DistInfo = init_distributed(device)
+        except DeviceError as e:
+            raise TrainError(str(e)) from None
         self.device = self.dist.device
         self.progress = progress
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -112,22 +120,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ set-up
     def _resume_state(self, resume: bool) -> dict[str, Any] | None:
-        """The checkpoint to continue from, or None; refuses to overwrite a run without --resume."""
-        latest = ckpt.latest_checkpoint(self.out)
-        if latest is None:
+        """The checkpoint to continue from, or None; refuses to overwrite a run without --resume.
+
+        An unreadable newest checkpoint (e.g. a disk that filled up) is skipped with a warning for the
+        newest one that loads; it is left in place. TrainError when none loads.
+        """
+        found = [path for _, path in ckpt.list_checkpoints(self.out)]
+        if not found:
             if resume:
                 logger.warning("--resume: no checkpoint in %s, starting a new run", self.out / ckpt.CHECKPOINT_DIR)
             return None
         if not resume:
             raise TrainError(f"{self.out} already holds a training run: pass --resume to continue it "
                              "or choose another --out")
-        try:
-            state = ckpt.load_checkpoint(latest)
-        except Exception as e:
-            reason = str(e).splitlines()[0] if str(e) else ""
-            raise TrainError(f"cannot resume from {latest}: {type(e).__name__}: {reason}") from e
-        logger.info("resuming from %s (step %d)", latest, state["step"])
-        return state
+        failures = []
+        for path in reversed(found):
+            try:
+                state = ckpt.load_checkpoint(path)
+            except Exception as e:  # noqa: BLE001 - truncated zip, wrong format, unpickling refused...
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                failures.append(f"{path.name}: {type(e).__name__}: {reason}")
+                logger.warning("cannot resume from %s (%s: %s); trying an older checkpoint", path,
+                               type(e).__name__, reason)
+                continue
+            logger.info("resuming from %s (step %d)", path, state["step"])
+            return state
+        raise TrainError(f"cannot resume: none of the {len(found)} checkpoints in {self.out / ckpt.CHECKPOINT_DIR} "
+                         f"loads (newest {failures[0]}); start a new run with another --out")
 
     def _build_models(self, state: dict[str, Any] | None, base: BaseModels | None) -> None:
         """Base (frozen), predictor (+ DDP), EMA, latent LPIPS, discriminator (+ DDP), optimisers, scalers."""

@@ -36,9 +36,10 @@ def upscaler(engine):
         yield up
 
 
-def _subprocess_cli(args: list[str], prelude: str = "", prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    """invsr-run in a fresh interpreter (real stderr, real warnings machinery)."""
-    code = f"import sys\n{prelude}\nfrom invsr_runtime.cli import main\nmain(sys.argv[1:])"
+def _subprocess_cli(args: list, prelude: str = "", prefix: list[str] | None = None,
+                    module: str = "invsr_runtime.cli") -> subprocess.CompletedProcess:
+    """A CLI (default invsr-run) in a fresh interpreter (real stderr, real warnings machinery)."""
+    code = f"import sys\n{prelude}\nfrom {module} import main\nsys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([*(prefix or []), sys.executable, "-c", code, *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -282,7 +283,7 @@ def test_output_path_under_a_file_refused_before_any_work(engine, tmp_path, caps
     Image.fromarray(_photo(8, 8)).save(tmp_path / "a.png")
     code, out, err = run_cli(capsys, engine, tmp_path / "a.png", "-o", tmp_path / "a.png" / "sub")
     assert code == 2 and out == ""
-    assert err.strip() == f"error: {tmp_path / 'a.png' / 'sub'}: cannot be created ({tmp_path / 'a.png'} is not a folder); pass another -o"
+    assert err.strip() == f"error: {tmp_path / 'a.png' / 'sub'}: cannot be created ({tmp_path / 'a.png'} is not a folder); pass a writable output folder to -o"
 
 
 def _unprivileged_prefix() -> list[str] | None:
