@@ -38,6 +38,9 @@ MAX_TILE = 256
 #: Largest engine batch: the graphs are traced (and validated) with the whole batch, so export memory
 #: grows with it; the runtime's --tile-batch runs more tiles per round with any engine batch.
 MAX_BATCH = 32
+#: Most calibration / validation photo tiles: all of them (and, for calibration, every UNet input they give,
+#: ~1.2 MB per tile at 128 px) are held in memory together; 1024 is ~32x the default.
+MAX_PHOTO_TILES = 1024
 
 
 class ExportOptionError(ValueError):
@@ -121,8 +124,10 @@ def check_options(opts: ExportOptions, base_tile: int | None = None) -> int | No
                                 f"package support), got {opts.opset}")
     if opts.gate_db is not None and not (math.isfinite(opts.gate_db) and opts.gate_db >= 0):
         raise ExportOptionError(f"--gate-db must be a finite PSNR in dB (>= 0), got {opts.gate_db}")
-    if opts.calib_tiles < 1 or opts.validate_tiles < 1:
-        raise ExportOptionError("--calib-tiles and --validate-tiles must be >= 1")
+    for flag, count in (("--calib-tiles", opts.calib_tiles), ("--validate-tiles", opts.validate_tiles)):
+        if not 1 <= count <= MAX_PHOTO_TILES:
+            raise ExportOptionError(f"{flag} must be 1..{MAX_PHOTO_TILES}, got {count}: every tile and the model "
+                                    "inputs it produces are held in memory at once")
     bad_steps = [s for s in opts.validate_steps if s not in DEFAULT_TIMESTEPS]
     if bad_steps or not opts.validate_steps:
         raise ExportOptionError(f"--validate-steps takes step counts 1..5, got {list(opts.validate_steps)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -132,9 +133,10 @@ def plan_jobs(inputs: Sequence[str], outdir: Path, fmt: str, recursive: bool) ->
         else:
             jobs.append(Job(path, error=f"{path}: no such file or folder"))
             continue
-        for src, dst in pairs:
-            if src.resolve() not in seen:
-                seen.add(src.resolve())
+        for src, dst in pairs:  # the same path twice is one job (a symlink is a name of its own)
+            key = Path(os.path.abspath(src))
+            if key not in seen:
+                seen.add(key)
                 jobs.append(Job(src, dst))
     return _refuse_overwriting_inputs(jobs)
 

@@ -330,7 +330,7 @@ def save_frames(images: list[Image.Image], path: str | os.PathLike, fmt: str = "
     if len(images) > 1:
         images = _common_mode(images)
         options.update(save_all=True, append_images=images[1:], loop=loop or 0)
-        if durations and len(durations) == len(images):
+        if durations and len(durations) == len(images) and any(durations):  # TIFF pages have none
             options["duration"] = [max(1, d) for d in durations]
     save_atomic(images[0], path, format=pil_format, **options)
     return notes

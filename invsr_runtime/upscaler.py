@@ -107,6 +107,7 @@ class Upscaler:
         with NaN or infinite values is refused (`imageio.NonFiniteImage`).
         """
         seed = check_int("seed", seed, 0)
+        steps = check_int("steps", steps, 1, optional=True)
         schedule = self.schedule(None if timesteps is not None else steps, timesteps)
         if isinstance(image, Picture):
             return self.upscale_picture(image, schedule, color_fix, seed, on_tiles)

@@ -328,3 +328,74 @@ def test_corrupt_jpg_does_not_block_a_good_png_of_the_same_stem(engine, tmp_path
     assert code == 1 and "done 1" in out and "failed 1" in out
     assert err.strip() == f"error: {tmp_path / 'a.jpg'}: not an image (unknown or unsupported format)"
     assert Image.open(tmp_path / "out" / "a.png").size == (32, 32)
+
+
+# ------------------------------------------------------------------------------ probe campaign
+def _anim(path: Path, frames: list[Image.Image], **kwargs) -> None:
+    frames[0].save(path, save_all=True, append_images=frames[1:], **kwargs)
+
+
+def test_probe_multi_frame_kinds(engine, tmp_path, capsys, caplog):
+    """APNG / animated WebP / transparent GIF in, 16-bit and odd-sized TIFF pages, one-frame GIF."""
+    rng = np.random.default_rng(1)
+    rgba = [Image.fromarray((rng.random((10, 12, 4)) * 255).astype(np.uint8), "RGBA") for _ in range(3)]
+    src = tmp_path / "in"
+    src.mkdir()
+    _anim(src / "apng.png", rgba, duration=[30, 40, 50])
+    _anim(src / "anim.webp", rgba, duration=60, lossless=True)
+    _anim(src / "clear.gif", rgba, duration=50, loop=2, disposal=2)
+    y, x = np.mgrid[0:10, 0:12]
+    _anim(src / "gray16.tif", [Image.fromarray((x * 5000).astype(np.uint16)), Image.fromarray((y * 6000).astype(np.uint16))])
+    _anim(src / "sizes.tif", [Image.fromarray(_photo(10, 12)), Image.fromarray(_photo(5, 6))])
+    Image.fromarray(_photo(5, 5)).save(src / "still.gif", save_all=True)
+    code, out, err = run_cli(capsys, engine, src, "-o", tmp_path / "out")
+    assert code == 0 and "done 6" in out, err
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{src / 'sizes.tif'}: frame 2 is 6x5, not 12x10 like the first: left out"]  # `warning: ...` in invsr-run
+    expect = {"apng": (3, "RGBA", [30, 40, 50]), "anim": (3, "RGBA", [60] * 3), "clear": (3, "RGBA", [50] * 3),
+              "gray16": (2, "I;16", None), "sizes": (1, "RGB", None), "still": (1, "RGB", None)}
+    for stem, (count, mode, durations) in expect.items():
+        with Image.open(tmp_path / "out" / f"{stem}.png") as im:
+            assert (getattr(im, "n_frames", 1), im.mode) == (count, mode), stem
+            if durations:
+                got = []
+                for k in range(count):
+                    im.seek(k)
+                    got.append(int(im.info["duration"]))
+                assert got == durations, stem
+
+
+def test_probe_symlink_is_its_own_input_and_odd_spellings_of_the_input_folder(engine, tmp_path, capsys):
+    Image.fromarray(_photo(8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to("a.png")
+    code, out, err = run_cli(capsys, engine, tmp_path / "a.png", tmp_path / "b.png", str(tmp_path / "a.png"),
+                             "-o", tmp_path / "out")
+    assert code == 0 and "done 2" in out, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    (tmp_path / "same").symlink_to(tmp_path)
+    for spelling in (f"{tmp_path}/.", f"{tmp_path}/out/..", tmp_path / "same"):
+        code, _, err = run_cli(capsys, engine, tmp_path, "-o", spelling)
+        assert code == 2 and "is the input folder" in err, spelling
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda up: up.upscale(np.zeros((4, 4, 3), np.uint8), steps="1"), TypeError, "steps must be an int or None"),
+    (lambda up: up.upscale(np.zeros((4, 4, 3), np.uint8), steps=1.0), TypeError, "steps must be an int or None"),
+    (lambda up: up.upscale(np.zeros((4, 4), bool)), ValueError, "unsupported dtype bool"),
+    (lambda up: up.upscale(np.zeros((4, 4, 3), np.int32)), ValueError, "unsupported dtype int32"),
+    (lambda up: up.upscale(np.full((4, 4), np.nan, np.float16)), ValueError, "16 of 16 float samples are NaN"),
+    (lambda up: up.upscale(Image.fromarray(np.full((4, 4), np.inf, np.float32), mode="F")), ValueError,
+     "16 of 16 float samples are NaN"),
+    (lambda up: up.upscale(np.zeros((0, 4, 3), np.uint8)), ValueError, "expected an HxW or HxWxC image"),
+    (lambda up: up.upscale([[0, 1], [1, 0]]), TypeError, "expected a PIL image or a numpy array"),
+])
+def test_probe_junk_api_inputs(upscaler, call, error, text):
+    with pytest.raises(error, match=text):
+        call(upscaler)
+
+
+def test_probe_max_pixels_zero_is_no_limit(engine):
+    from invsr_runtime import Upscaler
+
+    with Upscaler(engine, max_pixels=0) as up:
+        assert up.upscale(np.zeros((8, 8, 3), np.uint8)).shape == (32, 32, 3)

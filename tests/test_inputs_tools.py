@@ -204,3 +204,16 @@ def test_bench_out_that_is_a_file_or_read_only(tmp_path, capsys):
     assert res.stderr.strip() == (f"error: --out {tmp_path / 'ro' / 'report'}: cannot be created: "
                                   f"{tmp_path / 'ro'} is not writable; pass a writable report folder")
     assert os.listdir(tmp_path / "ro") == []
+
+
+@pytest.mark.parametrize("flag", ["--calib-tiles", "--validate-tiles"])
+@pytest.mark.parametrize("count, ok", [(1, True), (1024, True), (0, False), (100_000, False)])
+def test_probe_photo_tile_counts_are_bounded(tmp_path, flag, count, ok):
+    from invsr_export.exporter import ExportOptionError, ExportOptions, check_options
+
+    opts = ExportOptions(out=tmp_path / "out", **{flag[2:].replace("-", "_"): count})
+    if ok:
+        check_options(opts)
+    else:
+        with pytest.raises(ExportOptionError, match=rf"{flag} must be 1\.\.1024, got {count}: .* held in memory"):
+            check_options(opts)
