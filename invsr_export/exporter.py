@@ -47,9 +47,9 @@ class ExportOptionError(ValueError):
     """An option value that cannot work (tile size, batch, ...); one line."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
-    """Everything `invsr-export` can be told (see `invsr-export --help`)."""
+    """Everything `invsr-export` can be told (see `invsr-export --help`); built by the CLI or by hand."""
 
     out: Path
     precision: str = "fp16"
@@ -177,10 +177,44 @@ def _timed(progress: Progress, report: ComponentReport, stage: str, fn: Callable
     return result
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """One export run's fixed facts, handed to every step instead of 7-9 positional arguments.
+
+    `stage` is the staging folder that replaces --out at the end; `reports` are filled in by the steps.
+    """
+
+    opts: ExportOptions
+    backend: str
+    env: "tensorrt_build.TrtEnvironment | None"
+    base: Any  # invsr_train.models.base.BaseModels
+    predictor: Any  # invsr_train NoisePredictor
+    wrappers: dict[str, Any]
+    specs: dict[str, Any]
+    tile: int
+    rewrites: tuple[str, ...]
+    stage: Path
+    reports: dict[str, ComponentReport]
+    progress: Progress
+
+    @property
+    def work(self) -> Path:
+        """Scratch folder inside the staging folder (intermediate graphs), removed at the end."""
+        return self.stage / ".work"
+
+    @property
+    def final_dir(self) -> Path:
+        """Where the final ONNX graphs go: the folder itself (ONNX Runtime) or scratch (TensorRT builds from them)."""
+        return self.stage if self.backend == "onnxruntime" else self.work
+
+    def timed(self, component: str, stage: str, fn: Callable[[], Any]) -> Any:
+        """Run one step of one component, reporting progress and recording its time."""
+        return _timed(self.progress, self.reports[component], stage, fn)
+
+
 def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> ExportReport:
     """The whole job; raises on any failure (nothing is left at --out then)."""
     from invsr_train.models.base import load_base, load_predictor
-    from invsr_train.pipeline import ReferencePipeline
     from invsr_train.prompts import PROMPT
 
     from .wrappers import build_wrappers, graph_specs
@@ -194,27 +228,25 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
     tile = check_options(opts, base.tile)
     embeds = base.prompt_embeds.float().cpu().numpy()
     specs = graph_specs(opts.batch, tile, int(embeds.shape[-1]), int(embeds.shape[-2]))
-    wrappers = build_wrappers(base, predictor)
     reports = {name: ComponentReport(name, precision=_component_precision(name, opts.precision)) for name in COMPONENTS}
     with engine_folder.staging(Path(opts.out), opts.force) as stage:
-        work = stage / ".work"
-        work.mkdir()
-        final_dir = stage if backend == "onnxruntime" else work
-        rewrites = graph_rewrites.rewrites_for(backend)
-        paths = _export_graphs(opts, wrappers, specs, work, final_dir, reports, progress, rewrites)
-        notes = _precision_pass(opts, base, wrappers, tile, work, final_dir, paths, reports, progress)
-        validation = _validate(opts, ReferencePipeline(base, predictor), wrappers, tile, paths, reports, progress)
+        job = ExportJob(opts, backend, env, base, predictor, build_wrappers(base, predictor), specs, tile,
+                        graph_rewrites.rewrites_for(backend), stage, reports, progress)
+        job.work.mkdir()
+        fp32_paths = _export_graphs(job)
+        paths, notes = _precision_pass(job, fp32_paths)
+        validation = _validate(job, paths)
         digests = {name: onnx_digest(p) for name, p in paths.items()}
-        files, trt_info = _finish_files(opts, backend, env, stage, paths, digests, specs, reports, progress)
+        files, trt_info = _finish_files(job, paths, digests)
         engine_folder.write_prompt_embeds(stage, embeds)
-        provenance = _provenance(opts, base, predictor, tile, digests, notes, trt_info, rewrites)
+        provenance = _provenance(job, digests, notes, trt_info)
         components = {n: engine_folder.component_spec(files[n], specs[n], sha256_file(stage / files[n]))
                       for n in COMPONENTS}
         manifest = engine_folder.build_manifest(
             backend=backend, precision=opts.precision, tile=tile, batch=opts.batch, base=base,
             components=components, default_timesteps=DEFAULT_TIMESTEPS, prompt=PROMPT,
             provenance=provenance, validation=validation)
-        shutil.rmtree(work)
+        shutil.rmtree(job.work)
         manifest.save(stage)
     return ExportReport(Path(opts.out), backend, reason, opts.precision, reports, validation,
                         time.perf_counter() - t_start)
@@ -227,50 +259,64 @@ def _component_precision(name: str, precision: str) -> str:
     return precision
 
 
-def _export_graphs(opts, wrappers, specs, work: Path, final_dir: Path, reports, progress,
-                   rewrites: tuple[str, ...]) -> dict[str, Path]:
+def _export_graphs(job: ExportJob) -> dict[str, Path]:
     """FP32 ONNX of every component (straight into the final place when the precision is fp32)."""
-    paths = {}
+    opts, paths = job.opts, {}
     for name in COMPONENTS:
-        io = specs[name]
-        dst = (final_dir / f"{name}.onnx") if opts.precision == "fp32" else (work / f"{name}.fp32.onnx")
-        with graph_rewrites.applied(wrappers[name], rewrites) as swapped:
+        io, wrapper = job.specs[name], job.wrappers[name]
+        dst = (job.final_dir / f"{name}.onnx") if opts.precision == "fp32" else (job.work / f"{name}.fp32.onnx")
+        with graph_rewrites.applied(wrapper, job.rewrites) as swapped:
             logger.debug("%s: graph rewrites %s", name, swapped)
-            _timed(progress, reports[name], "export", lambda: export_module(
-                wrappers[name], _example_args(io), io.input_names, io.output_names, dst, opts.opset))
+            job.timed(name, "export", lambda: export_module(
+                wrapper, _example_args(io), io.input_names, io.output_names, dst, opts.opset))
         paths[name] = dst
         gc.collect()
     return paths
 
 
-def _precision_pass(opts, base, wrappers, tile, work, final_dir, paths, reports, progress) -> dict:
-    """FP16 conversion of every graph, Q/DQ for the UNet in int8/fp8; rewrites `paths` in place."""
-    from .precision_fp16 import convert_fp16
+#: What the FP16 pass records in the provenance.
+FP16_NOTES = {"library": "onnxruntime.transformers.float16.convert_float_to_float16",
+              "kept_fp32": "normalisation statistics, wrapper arithmetic, timestep sinusoid, predictor softmax"}
 
-    if opts.precision == "fp32":
-        return {}
-    notes: dict[str, Any] = {"fp16": {"library": "onnxruntime.transformers.float16.convert_float_to_float16",
-                                      "kept_fp32": "normalisation statistics, wrapper arithmetic, timestep "
-                                                   "sinusoid, predictor softmax"}}
+
+def _precision_pass(job: ExportJob, fp32_paths: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The graphs at the folder's precision: (final graph paths, notes for the provenance).
+
+    FP32 graphs are final already. Otherwise each graph becomes FP16 (the UNet Q/DQ in int8/fp8 folders),
+    and its FP32 intermediate is deleted at once, so only one extra copy is ever on disk.
+    """
+    if job.opts.precision == "fp32":
+        return dict(fp32_paths), {}
+    notes: dict[str, Any] = {"fp16": FP16_NOTES}
+    paths = {}
     for name in COMPONENTS:
-        src, dst = paths[name], final_dir / f"{name}.onnx"
-        if name == "unet" and opts.precision in ("int8", "fp8"):
-            notes["quantization"] = _timed(progress, reports[name], "calibrate+quantize",
-                                           lambda: _quantize(opts, base, wrappers, tile, src, dst))
-        else:
-            _timed(progress, reports[name], "fp16", lambda: convert_fp16(src, dst, fp32_softmax=(name == "predictor")))
+        src, dst = fp32_paths[name], job.final_dir / f"{name}.onnx"
+        quant_notes = _convert_graph(job, name, src, dst)
+        if quant_notes is not None:
+            notes["quantization"] = quant_notes
         for file in graph_files(src):
             file.unlink()
         paths[name] = dst
         gc.collect()
-    return notes
+    return paths, notes
 
 
-def _quantize(opts, base, wrappers, tile, src: Path, dst: Path) -> dict:
+def _convert_graph(job: ExportJob, name: str, src: Path, dst: Path) -> dict[str, Any] | None:
+    """One FP32 graph -> FP16, or -> Q/DQ (returning the quantization notes) for the UNet in int8/fp8."""
+    from .precision_fp16 import convert_fp16
+
+    if _component_precision(name, job.opts.precision) in ("int8", "fp8"):
+        return job.timed(name, "calibrate+quantize", lambda: _quantize(job, src, dst))
+    job.timed(name, "fp16", lambda: convert_fp16(src, dst, fp32_softmax=(name == "predictor")))
+    return None
+
+
+def _quantize(job: ExportJob, src: Path, dst: Path) -> dict:
     from .calibration import calibration_feeds
     from .quantize import quantize_unet
 
-    feeds = calibration_feeds(wrappers, base.prompt_embeds.float().cpu().numpy(), base.alphas_cumprod, tile,
+    opts, base = job.opts, job.base
+    feeds = calibration_feeds(job.wrappers, base.prompt_embeds.float().cpu().numpy(), base.alphas_cumprod, job.tile,
                               opts.batch, tiles=opts.calib_tiles, images=opts.calib_images)
     notes = quantize_unet(src, dst, opts.precision, feeds)
     notes["calibration_images"] = str(opts.calib_images) if opts.calib_images else "scikit-image sample photos"
@@ -278,27 +324,32 @@ def _quantize(opts, base, wrappers, tile, src: Path, dst: Path) -> dict:
     return notes
 
 
-def _validate(opts, pipeline, wrappers, tile, paths, reports, progress) -> dict[str, Any]:
+def _validate(job: ExportJob, paths: dict[str, Path]) -> dict[str, Any]:
     """ORT vs the PyTorch reference; raises ValidationFailed when the gate is enforced and missed."""
+    from invsr_train.pipeline import ReferencePipeline
+
     from .validate import check_gate, validate
 
+    opts = job.opts
     if not opts.validate:
         return {"skipped": True, "reason": "--no-validate"}
-    result = _timed(progress, reports["unet"], "validate", lambda: validate(
-        paths, pipeline, wrappers, opts.precision, tile, opts.batch, tiles=opts.validate_tiles,
+    pipeline = ReferencePipeline(job.base, job.predictor)
+    result = job.timed("unet", "validate", lambda: validate(
+        paths, pipeline, job.wrappers, opts.precision, job.tile, opts.batch, tiles=opts.validate_tiles,
         steps=opts.validate_steps, images=None, gate_db=opts.gate_db))
     for name, errors in result.components.items():
-        reports[name].errors = errors
+        job.reports[name].errors = errors
     check_gate(result, enforce=opts.gate)
     out = result.to_dict()
     out["gate_enforced"] = opts.gate
     return out
 
 
-def _finish_files(opts, backend, env, stage, paths, digests, specs, reports, progress):
+def _finish_files(job: ExportJob, paths: dict[str, Path], digests: dict[str, str]):
     """ORT: the graphs already sit in the folder. TensorRT: build (or fetch cached) plans into it."""
+    opts, env, reports = job.opts, job.env, job.reports
     files = {name: p.name for name, p in paths.items()}
-    if backend == "onnxruntime":
+    if job.backend == "onnxruntime":
         for name, p in paths.items():
             reports[name].file = p.name
             reports[name].size_bytes = sum(f.stat().st_size for f in graph_files(p))
@@ -309,9 +360,9 @@ def _finish_files(opts, backend, env, stage, paths, digests, specs, reports, pro
     cache_dir = opts.engine_cache or _default_engine_cache()
     keys = {}
     for name, p in paths.items():
-        shapes = {t.name: t.shape for t in specs[name].inputs}
-        plan, key, hit = _timed(progress, reports[name], "engine", lambda: tensorrt_build.cached_engine(
-            p, digests[name], stage / f"{name}.plan", opts.precision, shapes, env, options, cache_dir))
+        shapes = {t.name: t.shape for t in job.specs[name].inputs}
+        plan, key, hit = job.timed(name, "engine", lambda: tensorrt_build.cached_engine(
+            p, digests[name], job.stage / f"{name}.plan", opts.precision, shapes, env, options, cache_dir))
         keys[name] = {"key": key, "cached": hit}
         files[name] = plan.name
         reports[name].file = plan.name
@@ -359,22 +410,24 @@ def _build_flags(opts: ExportOptions, tensorrt: bool) -> list[str]:
     return flags
 
 
-def _provenance(opts, base, predictor, tile, digests, notes, trt_info, rewrites) -> dict[str, Any]:
+def _provenance(job: ExportJob, digests: dict[str, str], notes: dict[str, Any],
+                trt_info: dict[str, Any] | None) -> dict[str, Any]:
     """Where the folder came from: models, hashes, tools, build flags."""
-    info = {k: v for k, v in base.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    opts = job.opts
+    info = {k: v for k, v in job.base.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
     return {
-        "base": base.name,
+        "base": job.base.name,
         "base_info": info,
         "predictor": str(opts.predictor),
-        "predictor_sha256": _predictor_sha256(str(opts.predictor), predictor),
+        "predictor_sha256": _predictor_sha256(str(opts.predictor), job.predictor),
         "onnx_sha256": digests,
         "opset": opts.opset,
-        "tile": tile,
+        "tile": job.tile,
         "batch": opts.batch,
         "tools": engine_folder.tool_versions(),
         TensorRTBuild.KEY: trt_info,  # the one TensorRT / GPU record (None for ONNX folders)
         "build_flags": _build_flags(opts, trt_info is not None),
         "precision_pass": notes,
         "exporter": "torch.onnx.export(dynamo=False) + onnxscript optimizer",
-        "graph_rewrites": list(rewrites),
+        "graph_rewrites": list(job.rewrites),
     }

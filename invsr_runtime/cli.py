@@ -19,6 +19,7 @@ from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
 from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
 from .outdir import outdir_problem
+from .run_options import RunOptionError, RunOptions, option_flag
 from .schedule import MAX_STEPS
 from .warning_lines import warnings_as_lines
 
@@ -77,18 +78,16 @@ class Tally:
 
 
 # ---------------------------------------------------------------------------------------- arguments
-def check_args(args: argparse.Namespace) -> None:
-    """Validate everything that needs no file access; UsageError otherwise."""
-    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
-        raise UsageError(f"--steps must be 1..{MAX_STEPS}, got {args.steps}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if args.tile_batch is not None and args.tile_batch < 1:
-        raise UsageError(f"--tile-batch must be >= 1, got {args.tile_batch}")
-    if args.max_pixels < 0:
-        raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"{args.out}: exists and is not a folder; pass an output folder to -o")  # even with no work
+def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
+    """The command line as checked RunOptions; UsageError (naming the flag) otherwise."""
+    args = build_parser().parse_args(argv)
+    try:
+        opts = RunOptions.from_mapping(vars(args))
+    except RunOptionError as exc:
+        raise UsageError(f"{option_flag(exc.option)} {exc.detail}") from None
+    if opts.out.exists() and not opts.out.is_dir():
+        raise UsageError(f"{opts.out}: exists and is not a folder; pass an output folder to -o")  # even with no work
+    return opts
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -107,7 +106,7 @@ def _folder_images(folder: Path, recursive: bool, outdir: Path) -> list[Path]:
     return sorted(found)
 
 
-def plan_jobs(inputs: Sequence[str], outdir: Path, fmt: str, recursive: bool) -> list[Job]:
+def plan_jobs(inputs: Sequence[str | Path], outdir: Path, fmt: str, recursive: bool) -> list[Job]:
     """Expand files and folders into jobs; OUTDIR/<stem>.<ext> (subfolders mirrored with --recursive).
 
     The same file named twice (or through its folder) is done once. UsageError when OUTDIR is one of the
@@ -181,33 +180,33 @@ def _error(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-def _run_one(upscaler, job: Job, args: argparse.Namespace, schedule) -> float:
+def _run_one(upscaler, job: Job, opts: RunOptions, schedule) -> float:
     """Read, upscale and write one image (every frame of an animated one); returns seconds."""
     from tqdm import tqdm
 
     from .imageio import encode_picture, read_frames, save_frames
 
     start = time.perf_counter()
-    frames = read_frames(job.src, max_pixels=args.max_pixels, scale=upscaler.scale)
-    pictures = frames.pictures if args.format in MULTI_FRAME_FORMATS else frames.pictures[:1]
+    frames = read_frames(job.src, max_pixels=opts.max_pixels, scale=upscaler.scale)
+    pictures = frames.pictures if opts.format in MULTI_FRAME_FORMATS else frames.pictures[:1]
     notes: list[str] = []
     if len(pictures) < len(frames.pictures):
-        notes.append(f"--format {args.format} holds one frame: upscaled the first of {len(frames.pictures)} "
+        notes.append(f"--format {opts.format} holds one frame: upscaled the first of {len(frames.pictures)} "
                      "(use --format png or webp to keep them all)")
     encoded = []
     for k, pic in enumerate(pictures):
         label = job.src.name if len(pictures) == 1 else f"{job.src.name} [{k + 1}/{len(pictures)}]"
-        out = _upscale_with_bar(upscaler, pic, args, schedule, label)
-        image, frame_notes = encode_picture(out, args.format)
+        out = _upscale_with_bar(upscaler, pic, opts, schedule, label)
+        image, frame_notes = encode_picture(out, opts.format)
         encoded.append(image)
         notes += [n for n in frame_notes if n not in notes]
-    notes += save_frames(encoded, job.dst, args.format, frames.durations, frames.loop)
+    notes += save_frames(encoded, job.dst, opts.format, frames.durations, frames.loop)
     for note in notes:
         tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
     return time.perf_counter() - start
 
 
-def _upscale_with_bar(upscaler, pic, args: argparse.Namespace, schedule, label: str):
+def _upscale_with_bar(upscaler, pic, opts: RunOptions, schedule, label: str):
     """Upscale one Picture, with a tile progress bar when it takes more than one engine batch."""
     from tqdm import tqdm
 
@@ -221,7 +220,7 @@ def _upscale_with_bar(upscaler, pic, args: argparse.Namespace, schedule, label: 
             bar.update(done - bar.n)
 
     try:
-        return upscaler.upscale_picture(pic, schedule, color_fix=args.color_fix, seed=args.seed, on_tiles=on_tiles)
+        return upscaler.upscale_picture(pic, schedule, color_fix=opts.color_fix, seed=opts.seed, on_tiles=on_tiles)
     finally:
         if bar is not None:
             bar.close()
@@ -233,7 +232,7 @@ def _tqdm_line(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def process(jobs: list[Job], upscaler, args: argparse.Namespace, schedule, tally: Tally) -> None:
+def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally) -> None:
     """Run every job, counting into `tally`; one failure never stops the others.
 
     Two inputs with the same output (a.jpg, a.png) are decided here: the first one that is written
@@ -254,7 +253,7 @@ def process(jobs: list[Job], upscaler, args: argparse.Namespace, schedule, tally
             continue
         try:
             with warnings_as_lines(str(job.src), write=_tqdm_line):
-                tally.seconds.append(_run_one(upscaler, job, args, schedule))
+                tally.seconds.append(_run_one(upscaler, job, opts, schedule))
             tally.done += 1
             written[job.dst.resolve()] = job.src
         except ImageReadError as exc:
@@ -295,24 +294,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tally = Tally()
     try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
-        manifest = load_manifest(args.engine_dir)
+        opts = parse_options(argv)
+        manifest = load_manifest(opts.engine_dir)
         try:
-            schedule = schedule_for(manifest, args.steps, args.timesteps)
+            schedule = schedule_for(manifest, opts.steps, opts.timesteps)
         except ScheduleError as exc:
-            raise UsageError(f"{'--timesteps' if args.timesteps is not None else '--steps'}: {exc}") from None
-        jobs = plan_jobs(args.inputs, Path(args.out), args.format, args.recursive)
-        jobs = _skip_existing(jobs, args.overwrite, tally)
+            raise UsageError(f"{'--timesteps' if opts.timesteps is not None else '--steps'}: {exc}") from None
+        jobs = plan_jobs(opts.inputs, opts.out, opts.format, opts.recursive)
+        jobs = _skip_existing(jobs, opts.overwrite, tally)
         upscaler = None
         if any(job.error is None for job in jobs):
-            check_outdir(Path(args.out))
-            upscaler = Upscaler(args.engine_dir, backend=args.backend, tile_batch=args.tile_batch,
-                                max_pixels=args.max_pixels or None)
+            check_outdir(opts.out)
+            upscaler = Upscaler(opts.engine_dir, backend=opts.backend, tile_batch=opts.tile_batch,
+                                max_pixels=opts.max_pixels or None)
     except (UsageError, ManifestError, BackendError) as exc:
         _error(str(exc))
         return EXIT_USAGE
-    process(jobs, upscaler, args, schedule, tally)
+    process(jobs, upscaler, opts, schedule, tally)
     print(summary(tally, time.perf_counter() - start))
     return EXIT_FAILED if tally.failed else EXIT_OK
 

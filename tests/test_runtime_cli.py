@@ -299,3 +299,51 @@ def test_same_seed_same_output(engine, tmp_path, capsys):
         assert run_cli(capsys, engine, tmp_path / "a.png", "-o", tmp_path / name, "--seed", seed, "--steps", 2)[0] == 0
     one, two, three = ((tmp_path / n / "a.png").read_bytes() for n in ("o1", "o2", "o3"))
     assert one == two and one != three
+
+
+# ------------------------------------------------------------------------------------ RunOptions
+def test_every_flag_is_a_run_option():
+    """parse_options maps every argparse destination onto a RunOptions field (nothing dropped on the way)."""
+    from dataclasses import fields
+
+    from invsr_runtime.run_options import RunOptions
+
+    dests = {a.dest for a in cli.build_parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(RunOptions)}
+    opts = cli.parse_options(["E", "a.png", "b", "-o", "O", "--steps", "2", "--color-fix", "wavelet",
+                              "--tile-batch", "3", "--format", "webp", "--recursive"])
+    assert opts == RunOptions(engine_dir=Path("E"), out=Path("O"), inputs=(Path("a.png"), Path("b")), steps=2,
+                              color_fix="wavelet", tile_batch=3, format="webp", recursive=True)
+
+
+@pytest.mark.parametrize("values, option", [
+    ({"steps": 6}, "steps"), ({"seed": -1}, "seed"), ({"tile_batch": 0}, "tile_batch"),
+    ({"max_pixels": -1}, "max_pixels"), ({"color_fix": "sepia"}, "color_fix"), ({"backend": "cuda"}, "backend"),
+    ({"format": "gif"}, "format"), ({"colour_fix": "none"}, "colour_fix"),
+])
+def test_run_options_refuse_bad_values_without_argparse(values, option):
+    from invsr_runtime.run_options import RunOptionError, RunOptions
+
+    with pytest.raises(RunOptionError) as info:
+        RunOptions.from_mapping({"engine_dir": "E", "out": "O", **values})
+    assert info.value.option == option and str(info.value).startswith(option)
+
+
+def test_processing_takes_run_options_built_without_argparse(engine, tmp_path, capsys):
+    """What a service or a Ray job does: RunOptions by hand -> the same files as invsr-run writes."""
+    from invsr_runtime.run_options import RunOptions
+    from invsr_runtime.upscaler import Upscaler
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(20, 24)).save(src / "a.png")
+    opts = RunOptions(engine_dir=engine, out=tmp_path / "api", inputs=(src,), seed=3, color_fix="ycbcr")
+    tally = cli.Tally()
+    with Upscaler(opts.engine_dir, tile_batch=opts.tile_batch) as up:
+        cli.process(cli.plan_jobs(opts.inputs, opts.out, opts.format, opts.recursive), up, opts,
+                    up.schedule(opts.steps, opts.timesteps), tally)
+    assert (tally.done, tally.failed) == (1, 0)
+    code, _, _ = run_cli(capsys, engine, src, "-o", tmp_path / "cli", "--seed", 3, "--color-fix", "ycbcr")
+    assert code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "api" / "a.png")),
+                          np.asarray(Image.open(tmp_path / "cli" / "a.png")))

@@ -1,0 +1,81 @@
+"""`RunOptions`: how to upscale a set of images, as one checked value instead of an argparse.Namespace.
+
+`invsr-run` builds it from its flags; the HTTP service and the Ray jobs construct it directly. It is checked
+when made (no file access): a bad value raises `RunOptionError` naming the option, which the CLI turns
+into `--option ...` and a service into a 4xx answer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .backends import BACKEND_CHOICES
+from .budget import DEFAULT_MAX_PIXELS
+from .colorfix import COLOR_FIXES
+from .imageio import OUTPUT_FORMATS
+from .schedule import MAX_STEPS
+
+
+class RunOptionError(ValueError):
+    """One option has a value that cannot work: `option` is its name, the message says why."""
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option} {detail}")
+        self.option, self.detail = option, detail
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything one run needs besides the images: engine folder, output, schedule, noise, batching, format."""
+
+    engine_dir: Path
+    out: Path
+    inputs: tuple[Path, ...] = ()
+    steps: int | None = None
+    timesteps: str | tuple[int, ...] | None = None
+    color_fix: str = "none"
+    seed: int = 0
+    tile_batch: int | None = None
+    backend: str = "auto"
+    format: str = "png"
+    overwrite: bool = False
+    recursive: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine_dir", Path(self.engine_dir))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
+        self._check()
+
+    def _check(self) -> None:
+        """RunOptionError for the first value that cannot work."""
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise RunOptionError("steps", f"must be 1..{MAX_STEPS}, got {self.steps}")
+        if self.seed < 0:
+            raise RunOptionError("seed", f"must be >= 0, got {self.seed}")
+        if self.tile_batch is not None and self.tile_batch < 1:
+            raise RunOptionError("tile_batch", f"must be >= 1, got {self.tile_batch}")
+        if self.max_pixels < 0:
+            raise RunOptionError("max_pixels", f"must be >= 0 (0: no limit), got {self.max_pixels}")
+        for name, value, choices in (("color_fix", self.color_fix, COLOR_FIXES),
+                                     ("backend", self.backend, BACKEND_CHOICES),
+                                     ("format", self.format, tuple(OUTPUT_FORMATS))):
+            if value not in choices:
+                raise RunOptionError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    @staticmethod
+    def from_mapping(values: Mapping[str, Any]) -> "RunOptions":
+        """From a mapping of field names (argparse's vars(), a JSON body); an unknown name is refused."""
+        known = {f.name for f in fields(RunOptions)}
+        for key in values:
+            if key not in known:
+                raise RunOptionError(key, f"is not an option: use {', '.join(sorted(known))}")
+        return RunOptions(**values)
+
+
+def option_flag(option: str) -> str:
+    """The CLI spelling of an option name: tile_batch -> --tile-batch."""
+    return "--" + option.replace("_", "-")
+
