@@ -15,6 +15,7 @@ from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
 from .imageio import OUTPUT_FORMATS
 from .schedule import MAX_STEPS
+from .upscaler import check_int
 
 
 class RunOptionError(ValueError):
@@ -51,14 +52,15 @@ class RunOptions:
 
     def _check(self) -> None:
         """RunOptionError for the first value that cannot work."""
+        for name, minimum, optional in (("steps", None, True), ("seed", 0, False), ("tile_batch", 1, True),
+                                        ("max_pixels", 0, False)):
+            try:  # the API's own check: TypeError for a non-int (str, float, bool, None), ValueError when too small
+                check_int(name, getattr(self, name), minimum, optional)
+            except (TypeError, ValueError) as exc:
+                detail = str(exc).removeprefix(f"{name} ")
+                raise RunOptionError(name, detail + (" (0: no limit)" if name == "max_pixels" else "")) from None
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise RunOptionError("steps", f"must be 1..{MAX_STEPS}, got {self.steps}")
-        if self.seed < 0:
-            raise RunOptionError("seed", f"must be >= 0, got {self.seed}")
-        if self.tile_batch is not None and self.tile_batch < 1:
-            raise RunOptionError("tile_batch", f"must be >= 1, got {self.tile_batch}")
-        if self.max_pixels < 0:
-            raise RunOptionError("max_pixels", f"must be >= 0 (0: no limit), got {self.max_pixels}")
         for name, value, choices in (("color_fix", self.color_fix, COLOR_FIXES),
                                      ("backend", self.backend, BACKEND_CHOICES),
                                      ("format", self.format, tuple(OUTPUT_FORMATS))):

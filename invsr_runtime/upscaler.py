@@ -36,14 +36,15 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(bicubic_resize(alpha, h * scale, w * scale, antialias=False), 0.0, 1.0)
 
 
-def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
-    """`value` as an int >= minimum: TypeError for a non-integer (bool, float, str), ValueError when too small."""
+def check_int(name: str, value: Any, minimum: int | None, optional: bool = False) -> int | None:
+    """`value` as an int >= minimum (None: any int): TypeError for a non-integer (bool, float, str), ValueError
+    when too small."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         allowed = "an int" + (" or None" if optional else "")
         raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 

@@ -399,3 +399,18 @@ def test_probe_max_pixels_zero_is_no_limit(engine):
 
     with Upscaler(engine, max_pixels=0) as up:
         assert up.upscale(np.zeros((8, 8, 3), np.uint8)).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("values, text", [
+    ({"seed": "x"}, "seed must be an int, got str 'x'"), ({"seed": None}, "seed must be an int, got NoneType None"),
+    ({"steps": "2"}, "steps must be an int or None, got str '2'"), ({"steps": 0}, "steps must be 1..5, got 0"),
+    ({"tile_batch": 1.5}, "tile_batch must be an int or None, got float 1.5"),
+    ({"max_pixels": -1}, "max_pixels must be >= 0, got -1 (0: no limit)"),
+])
+def test_probe_junk_run_options_name_the_option(values, text):
+    """RunOptions (what a service builds instead of a command line) checks types like the API does."""
+    from invsr_runtime.run_options import RunOptionError, RunOptions
+
+    with pytest.raises(RunOptionError) as info:
+        RunOptions(engine_dir="e", out="o", **values)
+    assert str(info.value) == text and info.value.option == next(iter(values))
