@@ -378,19 +378,16 @@ def _default_engine_cache() -> Path:
 
 
 def _predictor_sha256(spec: str, predictor) -> str:
-    """sha256 of the predictor checkpoint file; for hub / synthetic specs without a local file, of its weights."""
-    path = Path(spec).expanduser()
-    if spec == "hub":
+    """sha256 of the predictor checkpoint file (a .pth, a bundle's, the hub cache's); else of its weights."""
+    from invsr_train.models.base import ModelLoadError, predictor_file
+
+    path = None
+    if not spec.startswith("synthetic"):
         try:
-            from huggingface_hub import try_to_load_from_cache
-
-            from invsr_train.models.base import PREDICTOR_FILE, PREDICTOR_REPO
-
-            cached = try_to_load_from_cache(PREDICTOR_REPO, PREDICTOR_FILE)
-            path = Path(cached) if isinstance(cached, str) else path
-        except ImportError:
-            pass
-    if path.is_file():
+            path = predictor_file(spec)  # already loaded from there, so nothing is fetched
+        except ModelLoadError:
+            path = None
+    if path is not None and path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
     for key, value in predictor.state_dict().items():

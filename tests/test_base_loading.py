@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import model_folders as mf
 from invsr_runtime.schedule import SD_TURBO_SCHEDULER, alphas_cumprod
 from invsr_train import prompts
 from invsr_train.models import base as base_mod
@@ -35,33 +36,6 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE tokenizers (GPT-2 / CLIP)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    extra = [b for b in range(256) if b not in keep]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
-
-
-def _tiny_tokenizer():
-    """A CLIP tokenizer over single characters (+ a couple of merges): tokenizes any text, no download."""
-    from transformers import CLIPTokenizer
-
-    chars = _byte_alphabet()
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + ["ph", "pho"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[("p", "h"), ("ph", "o")])
-
-
-def _tiny_text_encoder(vocab_size: int, hidden: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(1234)
-    cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )
-    return CLIPTextModel(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """A complete diffusers folder: the tiny synthetic UNet/VAE + scheduler + tokenizer + text encoder."""
@@ -73,9 +47,9 @@ def tiny_folder(tmp_path_factory) -> Path:
     (folder / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "EulerDiscreteScheduler", **FOLDER_SCHEDULER})
     )
-    tokenizer = _tiny_tokenizer()
+    tokenizer = mf.tiny_tokenizer()
     tokenizer.save_pretrained(folder / "tokenizer")
-    _tiny_text_encoder(len(tokenizer), tiny.unet.config.cross_attention_dim).save_pretrained(folder / "text_encoder")
+    mf.tiny_text_encoder(len(tokenizer), tiny.unet.config.cross_attention_dim).save_pretrained(folder / "text_encoder")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return folder
 
@@ -98,6 +72,7 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))  # read at call time by invsr_train.models.hub_cache
     return hub
 
 

@@ -1,12 +1,17 @@
 """SD-Turbo (InvSR's frozen base: UNet, VAE, fixed prompt embedding, schedule) loaded in one place.
 
-Four kinds of base spec, so the whole toolkit works on machines that reach no model hub:
+Base specs, so the whole toolkit works on machines that reach no model hub:
 
-* a hub id (``stabilityai/sd-turbo``): a snapshot of the needed subfolders via ``huggingface_hub``,
-  then loaded like a local folder. Offline or unreachable -> :class:`ModelLoadError` (one line).
-* a local diffusers folder (``model_index.json`` or ``unet/`` + ``vae/``): ``from_pretrained`` of the
-  UNet and VAE, alphas_cumprod from ``scheduler/scheduler_config.json``, the prompt embedding from
-  ``prompt_embeds.npy`` or ``tokenizer/`` + ``text_encoder/`` (cached, see :mod:`invsr_train.prompts`).
+* a hub id (``stabilityai/sd-turbo``, optionally ``@revision``): a snapshot of the needed subfolders via
+  ``huggingface_hub``; offline (``HF_HUB_OFFLINE=1``) straight from the hub cache, which may be a copy
+  from another machine (:mod:`invsr_train.models.hub_cache`). Unreachable -> :class:`ModelLoadError`.
+* a local diffusers folder (``model_index.json`` or ``unet/`` + ``vae/``), a bundle written by
+  ``invsr-models download`` (same layout + a lock file, :mod:`invsr_train.models.bundle`) or a copied
+  ``models--org--name`` cache folder: checked first (:mod:`invsr_train.models.checks`: missing files,
+  wrong model family, weights that do not fit their config, truncated files), then ``from_pretrained``
+  of the UNet and VAE, alphas_cumprod from ``scheduler/scheduler_config.json``, the prompt embedding
+  from ``prompt_embeds.npy`` or ``tokenizer/`` + ``text_encoder/`` (cached, see :mod:`invsr_train.prompts`).
+* a single-file ``.safetensors`` checkpoint with the original key names (:mod:`invsr_train.models.single_file`).
 * ``synthetic:full``: the exact SD-Turbo architecture with seeded random weights (latency does not
   depend on weight values).
 * ``synthetic:tiny``: the same classes and block structure at tiny widths, for tests (LR tile 32).
@@ -16,7 +21,7 @@ RNG is left untouched), so a name means the same weights on every machine. No re
 a random-init pipeline (VAE encode -> UNet -> VAE decode) stays finite with activations below ~15 at
 full size and ~5 at tiny size (checked in fp32), far inside fp16 range.
 
-:func:`load_predictor` does the same for InvSR's noise predictor (hub / .pth path / synthetic).
+:func:`load_predictor` does the same for InvSR's noise predictor (hub / .pth path / bundle / synthetic).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ import torch
 
 from invsr_runtime.schedule import SD_TURBO_SCHEDULER, alphas_cumprod
 from invsr_train import prompts
+from invsr_train.models import bundle, checks, hub_cache
+from invsr_train.models.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -58,7 +65,7 @@ PREDICTOR_FILE = "noise_predictor_sd_turbo_v5.pth"
 PREDICTOR_SPECS = ("hub", "synthetic", "synthetic:tiny", "synthetic:full")
 
 #: Files of a diffusers repo that InvSR needs (fp32 safetensors; fp16 variants and EMA extras skipped).
-_HUB_ALLOW = [
+HUB_ALLOW = [
     "model_index.json",
     "scheduler/*.json",
     "tokenizer/*",
@@ -69,17 +76,14 @@ _HUB_ALLOW = [
     "vae/*.json",
     "vae/*.safetensors",
 ]
-_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt"]
+HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 
 _BASE_FORMS = (
-    "a hub id (e.g. stabilityai/sd-turbo), a local diffusers folder (with model_index.json or unet/ and vae/), "
+    "a hub id (e.g. stabilityai/sd-turbo[@revision]), a local diffusers folder (with model_index.json or unet/ and vae/), "
+    "a bundle from invsr-models download, a copied hub-cache models--org--name folder, a single-file .safetensors, "
     "synthetic:tiny or synthetic:full"
 )
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded. The message is one line and says what to pass instead."""
 
 
 @dataclass
@@ -212,8 +216,11 @@ def load_base(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> BaseModels:
-    """Load SD-Turbo's UNet, VAE, prompt embedding and schedule from a hub id, folder or synthetic spec.
+    """Load SD-Turbo's UNet, VAE, prompt embedding and schedule from any base spec (see the module doc).
 
+    Specs: a hub id (``org/name`` or ``org/name@revision``; offline: from the hub cache), a diffusers
+    folder, a bundle (``invsr-models download``), a ``models--org--name`` folder of a copied hub cache,
+    a single-file ``.safetensors`` checkpoint, ``synthetic:tiny`` / ``synthetic:full``.
     Models come back in eval mode with ``requires_grad`` off, on ``device`` in ``dtype``.
     Raises :class:`ModelLoadError` (one line, naming what to pass instead) for anything unloadable.
     """
@@ -224,16 +231,35 @@ def load_base(
         return _load_synthetic(text, device, dtype)
     path = Path(text).expanduser()
     if path.exists():
-        if not is_diffusers_folder(path):
-            raise ModelLoadError(f"base model {text!r} is not a diffusers folder: pass {_BASE_FORMS}")
-        return _load_folder(path, text, device, dtype, {"source": "folder", "path": str(path.resolve())})
-    if _HUB_ID.match(text):
-        folder, revision = _fetch_hub_snapshot(text)
-        info = {"source": "hub", "repo_id": text, "revision": revision, "path": str(folder)}
-        return _load_folder(folder, text, device, dtype, info)
+        return _load_path(path, text, device, dtype)
+    repo_id, revision = hub_cache.split_revision(text)
+    if _HUB_ID.match(repo_id):
+        snap = _fetch_hub_snapshot(repo_id, revision)
+        info = {"source": "hub", "repo_id": repo_id, "revision": snap.commit, "path": str(snap.folder)}
+        return _load_folder(snap.folder, text, device, dtype, info)
     if _looks_like_path(text):
         raise ModelLoadError(f"base model folder {text!r} does not exist: pass {_BASE_FORMS}")
     raise ModelLoadError(f"unknown base model {text!r}: pass {_BASE_FORMS}")
+
+
+def _load_path(path: Path, name: str, device: str | torch.device, dtype: torch.dtype) -> BaseModels:
+    """An existing path: single-file checkpoint, copied hub-cache repo folder, bundle or diffusers folder."""
+    if path.is_file():
+        from invsr_train.models import single_file
+
+        return single_file.load(path, name, device, dtype)
+    if hub_cache.REPO_FOLDER.match(path.name) and (path / "snapshots").is_dir():
+        snap = hub_cache.resolve_repo_folder(path, None)
+        info = {"source": "hub-cache", "repo_id": snap.repo_id, "revision": snap.commit, "path": str(snap.folder)}
+        return _load_folder(snap.folder, name, device, dtype, info)
+    info: dict[str, Any] = {"source": "folder", "path": str(path.resolve())}
+    if bundle.is_bundle(path):
+        lock = bundle.check_sizes(path)
+        src = lock.sources.get("base", {})
+        info = {**info, "source": "bundle", "repo_id": src.get("repo"), "revision": src.get("commit")}
+    if not (is_diffusers_folder(path) or (path / "transformer").is_dir()):
+        raise ModelLoadError(f"base model {name!r} is not a diffusers folder: pass {_BASE_FORMS}")
+    return _load_folder(path, name, device, dtype, info)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -273,6 +299,7 @@ def _load_folder(
     """Load UNet, VAE, schedule and prompt embedding from a diffusers folder (local or hub snapshot)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    check_folder(folder, name)
     unet = _from_pretrained(UNet2DConditionModel, folder, "unet", name)
     vae = _from_pretrained(AutoencoderKL, folder, "vae", name)
     acp = _folder_alphas_cumprod(folder, name)
@@ -286,6 +313,18 @@ def _load_folder(
     info = {**info, "prompt_embeds": origin}
     logger.info("loaded base %s from %s (%s, prompt embedding: %s)", name, folder, _sizes(unet, vae), origin)
     return _assemble(unet, vae, embeds, acp, FULL_TILE, name, info, device, dtype)
+
+
+def check_folder(folder: Path, name: str) -> None:
+    """Everything :mod:`invsr_train.models.checks` can say about a folder before diffusers reads it."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    checks.check_not_transformer_model(folder, name)
+    configs = {sub: checks.read_json(folder, f"{sub}/config.json", name) for sub in ("unet", "vae")}
+    checks.check_family(configs["unet"], configs["vae"], name)
+    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        files = checks.weight_files(folder, sub, name)
+        checks.check_weights_fit_config(cls, configs[sub], files, folder, sub, name)
 
 
 def _from_pretrained(cls: Any, folder: Path, subfolder: str, name: str) -> Any:
@@ -310,6 +349,7 @@ def _folder_alphas_cumprod(folder: Path, name: str) -> np.ndarray:
             raise ModelLoadError(f"base model {name!r}: unreadable {cfg_file} ({e})") from e
     else:
         logger.info("no scheduler config in %s: using SD-Turbo's schedule", folder)
+    checks.check_prediction_type(cfg, name)
     if cfg.get("trained_betas") is not None:
         raise ModelLoadError(f"base model {name!r}: trained_betas in {cfg_file} are not supported")
     kwargs = {key: cfg.get(key, default) for key, default in SD_TURBO_SCHEDULER.items()}
@@ -321,7 +361,7 @@ def _folder_alphas_cumprod(folder: Path, name: str) -> np.ndarray:
 
 def _folder_embeds(folder: Path, info: dict[str, Any]) -> tuple[np.ndarray, str]:
     """Prompt embedding of a folder; hub snapshots are keyed by (repo id, revision), folders by content."""
-    source = info.get("repo_id") or str(folder.resolve())
+    source = (info.get("repo_id") if info.get("revision") else None) or str(folder.resolve())
     revision = info.get("revision")
     fingerprint = f"revision:{revision}" if revision else None
     try:
@@ -384,25 +424,33 @@ def hub_offline() -> bool:
         return env
 
 
-def _fetch_hub_snapshot(repo_id: str) -> tuple[Path, str | None]:
-    """Local snapshot folder of a hub repo (download or cache) and its commit, or a one-line ModelLoadError."""
-    offline = hub_offline()
+def _fetch_hub_snapshot(repo_id: str, revision: str | None) -> hub_cache.CachedSnapshot:
+    """Snapshot of a hub repo: the cache alone when offline, else a download (cache as the fallback)."""
+    remedy = "pass a bundle or local diffusers folder (--base /path/to/sd-turbo) or --base synthetic:tiny / synthetic:full"
+    if hub_offline():
+        try:
+            snap = hub_cache.cached_snapshot(repo_id, revision)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"offline mode (HF_HUB_OFFLINE): {e}; or {remedy}") from e
+        logger.info("hub cache snapshot of %s at %s (commit %s)", repo_id, snap.folder, snap.commit)
+        return snap
     try:
         from huggingface_hub import snapshot_download
 
         folder = Path(
             snapshot_download(
-                repo_id, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE, local_files_only=offline
+                repo_id, revision=revision, cache_dir=str(hub_cache.hub_cache_dir()),
+                allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE,
             )
         )
     except Exception as e:  # offline, DNS failure, 404, gated repo, missing huggingface_hub...
+        with contextlib.suppress(ModelLoadError):
+            return hub_cache.cached_snapshot(repo_id, revision)
         raise ModelLoadError(
-            f"could not fetch base model {repo_id!r} from the Hugging Face hub ({_hub_reason(e, offline)}): "
-            "pass a local diffusers folder (--base /path/to/sd-turbo) or --base synthetic:tiny / synthetic:full"
+            f"could not fetch base model {repo_id!r} from the Hugging Face hub ({_hub_reason(e, False)}): {remedy}"
         ) from e
-    revision = folder.name if folder.parent.name == "snapshots" else None
-    logger.info("hub snapshot of %s at %s (revision %s)", repo_id, folder, revision)
-    return folder, revision
+    logger.info("hub snapshot of %s at %s", repo_id, folder)
+    return hub_cache.CachedSnapshot(folder, repo_id, folder.name)
 
 
 def _hub_reason(e: BaseException, offline: bool) -> str:
@@ -430,19 +478,36 @@ def load_predictor(
     Raises :class:`ModelLoadError` (one line) when it cannot be loaded.
     """
     text = os.fspath(spec).strip()
-    if text == "hub":
-        model = _predictor_from_file(_fetch_predictor_file())
-    elif text == "synthetic" or text in ("synthetic:tiny", "synthetic:full"):
+    if text == "synthetic" or text in ("synthetic:tiny", "synthetic:full"):
         model = _synthetic_predictor(_predictor_size(text, base_name))
-    elif Path(text).expanduser().is_file():
-        model = _predictor_from_file(Path(text).expanduser())
     else:
-        what = "checkpoint file does not exist" if _looks_like_path(text) or text.endswith(".pth") else "unknown"
-        raise ModelLoadError(
-            f"noise predictor {text!r}: {what}: pass hub, a .pth checkpoint path, synthetic, synthetic:tiny "
-            "or synthetic:full"
-        )
+        model = _predictor_from_file(predictor_file(text))
     return model.to(device=device, dtype=torch.float32).eval()
+
+
+def predictor_file(spec: str | os.PathLike[str]) -> Path:
+    """The checkpoint file a non-synthetic predictor spec names: ``hub`` (cache or download), a .pth, a bundle.
+
+    A bundle folder (or any folder holding ``noise_predictor_sd_turbo_v5.pth``) stands for that file; a
+    bundle's lock file is checked for the file's size first. One-line ModelLoadError otherwise.
+    """
+    text = os.fspath(spec).strip()
+    if text == "hub":
+        return _fetch_predictor_file()
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / PREDICTOR_FILE).is_file():
+        if bundle.is_bundle(path):
+            bundle.check_sizes(path)
+        return path / PREDICTOR_FILE
+    if path.is_file():
+        if bundle.is_bundle(path.parent):
+            bundle.check_sizes(path.parent)
+        return path
+    what = "checkpoint file does not exist" if _looks_like_path(text) or text.endswith(".pth") or path.is_dir() else "unknown"
+    raise ModelLoadError(
+        f"noise predictor {text!r}: {what}: pass hub, a .pth checkpoint path, a bundle folder (invsr-models download), "
+        "synthetic, synthetic:tiny or synthetic:full"
+    )
 
 
 def _predictor_size(spec: str, base_name: str | None) -> str:
@@ -483,14 +548,15 @@ def _fetch_predictor_file() -> Path:
         from huggingface_hub import hf_hub_download
 
         # Cache first: the released file never changes, and an unreachable hub costs ~20 s of retries.
+        cache = str(hub_cache.hub_cache_dir())
         with contextlib.suppress(Exception):
-            return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, local_files_only=True))
-        return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, local_files_only=offline))
+            return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, cache_dir=cache, local_files_only=True))
+        return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, cache_dir=cache, local_files_only=offline))
     except Exception as e:  # offline, DNS failure, 404, missing huggingface_hub...
         raise ModelLoadError(
             f"could not fetch the noise predictor {PREDICTOR_REPO}/{PREDICTOR_FILE} from the Hugging Face hub "
-            f"({_hub_reason(e, offline)}): pass a local .pth (--predictor /path/to/{PREDICTOR_FILE}) "
-            "or --predictor synthetic"
+            f"({_hub_reason(e, offline)}): pass a local .pth (--predictor /path/to/{PREDICTOR_FILE}), "
+            "a bundle folder (invsr-models download) or --predictor synthetic"
         ) from e
 
 

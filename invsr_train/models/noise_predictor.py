@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
+
+from invsr_train.models.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -424,9 +425,9 @@ class NoisePredictor(nn.Module):
             (k, v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone().contiguous())
             for k, v in self.state_dict().items()
         )
-        _atomic_write(path, lambda f: torch.save(sd, f))
+        atomic_write(path, lambda f: torch.save(sd, f))
         payload = {CONFIG_JSON_KEY: self.config.to_dict()}
-        _atomic_write(cfg_file, lambda f: f.write(json.dumps(payload, indent=2).encode("utf-8") + b"\n"))
+        atomic_write(cfg_file, lambda f: f.write(json.dumps(payload, indent=2).encode("utf-8") + b"\n"))
         logger.info("saved noise predictor checkpoint to %s (+ %s)", path, cfg_file.name)
         return path
 
@@ -503,21 +504,3 @@ def _read_config_json(cfg_file: Path) -> NoisePredictorConfig:
         return NoisePredictorConfig.from_dict(d)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_file}: not a valid noise predictor config ({type(e).__name__}: {e})") from e
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via ``write(fileobj)`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

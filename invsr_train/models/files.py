@@ -1,0 +1,50 @@
+"""File helpers of model handling: atomic writes and content hashes (no torch, no diffusers)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+#: Read size for hashing: large enough to stream multi-GB weights at disk speed.
+HASH_CHUNK = 1 << 22
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write via ``write(fileobj)`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place.
+
+    A crash or an exception never leaves a half-written file under the final name.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary readable files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, progress: Callable[[int], Any] | None = None) -> str:
+    """Hex sha256 of a file's bytes; ``progress(n)`` is called with each chunk's size (e.g. a tqdm update)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_CHUNK):
+            digest.update(block)
+            if progress is not None:
+                progress(len(block))
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a file (sha1 of ``blob <size>\\0`` + bytes): the hub's id for non-LFS files."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
