@@ -42,6 +42,7 @@ import torch
 from invsr_runtime.schedule import SD_TURBO_SCHEDULER, alphas_cumprod
 from invsr_train import prompts
 from invsr_train.models import bundle, checks, hub_cache
+from invsr_train.models.download import BASE_ALLOW, DEFAULT_BASE, PREDICTOR_FILE, PREDICTOR_REPO
 from invsr_train.models.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE = "stabilityai/sd-turbo"
 SYNTHETIC_PREFIX = "synthetic:"
 SYNTHETIC_SIZES = ("tiny", "full")
 #: Default LR tile per synthetic size (real bases use the full-size tile).
@@ -60,23 +60,8 @@ FULL_TILE = 128
 #: SD 1.x/2.x VAE latent scaling (used only when a VAE config lacks the field).
 SD_SCALING_FACTOR = 0.18215
 
-PREDICTOR_REPO = "OAOA/InvSR"
-PREDICTOR_FILE = "noise_predictor_sd_turbo_v5.pth"
 PREDICTOR_SPECS = ("hub", "synthetic", "synthetic:tiny", "synthetic:full")
 
-#: Files of a diffusers repo that InvSR needs (fp32 safetensors; fp16 variants and EMA extras skipped).
-HUB_ALLOW = [
-    "model_index.json",
-    "scheduler/*.json",
-    "tokenizer/*",
-    "text_encoder/*.json",
-    "text_encoder/*.safetensors",
-    "unet/*.json",
-    "unet/*.safetensors",
-    "vae/*.json",
-    "vae/*.safetensors",
-]
-HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 
 _BASE_FORMS = (
@@ -412,22 +397,10 @@ def _sizes(unet: Any, vae: Any) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set now (or was when huggingface_hub loaded)."""
-    truthy = {"1", "on", "yes", "true"}
-    env = any(os.environ.get(k, "").strip().lower() in truthy for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    try:
-        from huggingface_hub import constants
-
-        return env or bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return env
-
-
 def _fetch_hub_snapshot(repo_id: str, revision: str | None) -> hub_cache.CachedSnapshot:
     """Snapshot of a hub repo: the cache alone when offline, else a download (cache as the fallback)."""
     remedy = "pass a bundle or local diffusers folder (--base /path/to/sd-turbo) or --base synthetic:tiny / synthetic:full"
-    if hub_offline():
+    if hub_cache.hub_offline():
         try:
             snap = hub_cache.cached_snapshot(repo_id, revision)
         except ModelLoadError as e:
@@ -440,7 +413,7 @@ def _fetch_hub_snapshot(repo_id: str, revision: str | None) -> hub_cache.CachedS
         folder = Path(
             snapshot_download(
                 repo_id, revision=revision, cache_dir=str(hub_cache.hub_cache_dir()),
-                allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE,
+                allow_patterns=BASE_ALLOW,
             )
         )
     except Exception as e:  # offline, DNS failure, 404, gated repo, missing huggingface_hub...
@@ -543,7 +516,7 @@ def _predictor_from_file(path: Path) -> NoisePredictor:
 
 def _fetch_predictor_file() -> Path:
     """Path of the released checkpoint (download or cache), or a one-line ModelLoadError."""
-    offline = hub_offline()
+    offline = hub_cache.hub_offline()
     try:
         from huggingface_hub import hf_hub_download
 

@@ -97,3 +97,15 @@ def _commit_of(storage: Path, revision: str | None, repo_id: str) -> str:
 def cached_snapshot(repo_id: str, revision: str | None) -> CachedSnapshot:
     """Offline lookup of ``repo_id`` at ``revision`` in the current hub cache."""
     return resolve_repo_folder(repo_folder(repo_id), revision, repo_id)
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set now (or was when huggingface_hub loaded)."""
+    truthy = {"1", "on", "yes", "true"}
+    env = any(os.environ.get(k, "").strip().lower() in truthy for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    try:
+        from huggingface_hub import constants
+
+        return env or bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return env
