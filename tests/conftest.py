@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> Path:
+    """An fp32 ONNX engine folder of synthetic:tiny, exported by invsr-export (runtime parity, README snippets)."""
+    pytest.importorskip("onnx")
+    from invsr_export.cli import main as export_main
+
+    out = tmp_path_factory.mktemp("tiny_engine") / "engines"
+    argv = ["--out", str(out), "--base", "synthetic:tiny", "--predictor", "synthetic", "--precision", "fp32",
+            "--backend", "onnxruntime", "--batch", "4", "--no-validate"]  # test_runtime_parity is the validation
+    assert export_main(argv) == 0, "invsr-export failed"
+    return out

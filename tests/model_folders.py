@@ -151,6 +151,28 @@ def make_hub_cache_repo(cache: Path, repo_id: str, files_from: Path, commit: str
     return snapshot
 
 
+def lock_folder(folder: Path, sources: dict) -> None:
+    """Write a bundle lock file listing every file of ``folder`` (as invsr-models download would)."""
+    from invsr_train.models import bundle
+    from invsr_train.models.files import sha256_file
+
+    files = [
+        bundle.LockedFile(p.relative_to(folder).as_posix(), p.stat().st_size, sha256_file(p), "test")
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    ]
+    bundle.write_lock(folder, bundle.Lock(files, sources))
+
+
+def make_bundle(folder: Path, base, predictor, commit: str = "c" * 40) -> Path:
+    """An SD-Turbo folder + the predictor checkpoint + a lock file: what invsr-models download writes."""
+    from invsr_train.models.base import PREDICTOR_FILE
+
+    make_sd_turbo_folder(folder, base)
+    predictor.save_checkpoint(folder / PREDICTOR_FILE)
+    lock_folder(folder, {"base": {"repo": "stabilityai/sd-turbo", "revision": "main", "commit": commit}})
+    return folder
+
+
 # ----------------------------------------------------------------------------- original (LDM) key names
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

@@ -16,7 +16,6 @@ import torch
 
 import model_folders as mf
 from invsr_runtime.schedule import SD_TURBO_SCHEDULER, alphas_cumprod
-from invsr_train.models import bundle
 from invsr_train.models.base import PREDICTOR_FILE, ModelLoadError, load_base, load_predictor
 from invsr_train.models.files import sha256_file
 
@@ -256,19 +255,11 @@ def test_single_file_errors(single_file, tmp_path):
 # ------------------------------------------------------------------------------------------ bundle
 
 
-def _lock(folder: Path) -> None:
-    files = [
-        bundle.LockedFile(p.relative_to(folder).as_posix(), p.stat().st_size, sha256_file(p), "test")
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    ]
-    bundle.write_lock(folder, bundle.Lock(files, {"base": {"repo": "acme/tiny-turbo", "commit": COMMIT}}))
-
-
 def test_bundle_is_base_and_predictor(turbo, tiny_base, tmp_path):
     folder = _copy(turbo, tmp_path / "bundle")
     tiny_predictor = load_predictor("synthetic:tiny")
     tiny_predictor.save_checkpoint(folder / PREDICTOR_FILE)
-    _lock(folder)
+    mf.lock_folder(folder, {"base": {"repo": "acme/tiny-turbo", "commit": COMMIT}})
     b = load_base(folder)
     assert b.info["source"] == "bundle" and b.info["revision"] == COMMIT and _same(b.unet, tiny_base.unet)
     assert _same(load_predictor(folder), tiny_predictor)

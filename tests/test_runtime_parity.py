@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +18,6 @@ MIN_PSNR = 45.0
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory) -> Path:
-    """An fp32 ONNX engine folder of synthetic:tiny, exported by invsr-export."""
-    pytest.importorskip("onnx")
-    from invsr_export.cli import main as export_main
-
-    out = tmp_path_factory.mktemp("tiny_engine") / "engines"
-    argv = ["--out", str(out), "--base", "synthetic:tiny", "--predictor", "synthetic", "--precision", "fp32",
-            "--backend", "onnxruntime", "--batch", "4", "--no-validate"]  # the tests below are the validation
-    assert export_main(argv) == 0, "invsr-export failed"
-    return out
 
 
 @pytest.fixture(scope="module")
