@@ -22,6 +22,7 @@ from typing import Any, NoReturn, Sequence
 
 from invsr_runtime.outdir import outdir_problem
 from invsr_runtime.warning_lines import warnings_as_lines
+from invsr_train.models import BASE_HELP, PREDICTOR_HELP
 
 from . import engines as engine_cache
 from .child import log_tail, run_child
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", type=Path, metavar="DIR",
                    help="only re-render DIR/report.md and the plots from DIR/report.json (no benchmark)")
     p.add_argument("--base", default="synthetic:full",
-                   help="hub id, diffusers folder, synthetic:tiny or synthetic:full")
-    p.add_argument("--predictor", default="synthetic", help="noise predictor: .pth path, hub, or synthetic")
+                   help=BASE_HELP)
+    p.add_argument("--predictor", default="synthetic", help=PREDICTOR_HELP)
     p.add_argument("--backends", type=_csv(str, BENCH_BACKENDS), default=list(BENCH_BACKENDS))
     p.add_argument("--precisions", type=_csv(str, PRECISIONS), default=list(PRECISIONS))
     p.add_argument("--steps", type=_csv(int), default=[1], help="step counts, e.g. 1,3,5 (each 1..5)")

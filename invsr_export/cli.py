@@ -15,6 +15,7 @@ from typing import NoReturn, Sequence
 
 from invsr_runtime.manifest import PRECISIONS
 from invsr_runtime.warning_lines import warnings_as_lines
+from invsr_train.models import BASE_HELP, PREDICTOR_HELP
 
 from .exporter import EXPORT_TARGETS, ExportOptions, ExportReport
 
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tensorrt: build engines (needs TensorRT + a GPU); onnxruntime: ONNX files; "
                         "auto: TensorRT when available, else ONNX (default)")
     p.add_argument("--base", default="stabilityai/sd-turbo",
-                   help="hub id, local diffusers folder, synthetic:tiny or synthetic:full")
-    p.add_argument("--predictor", default="hub", help="noise predictor: .pth path, hub, or synthetic")
+                   help=BASE_HELP)
+    p.add_argument("--predictor", default="hub", help=PREDICTOR_HELP)
     p.add_argument("--tile", type=int, default=None, help="LR tile size (default: the base's, 128 for SD-Turbo)")
     p.add_argument("--batch", type=int, default=1, help="tiles per engine call (fixed in the graphs)")
     p.add_argument("--calib-images", type=Path, default=None,

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .models import BASE_HELP
+
 __all__ = ["main", "build_parser", "resolve_config"]
 
 PROG = "invsr-train"
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: checkpoints, noise_predictor.pth, logs, samples")
     p.add_argument("--base", metavar="MODEL",
-                   help="SD-Turbo: hub id, diffusers folder, synthetic:tiny or synthetic:full")
+                   help=BASE_HELP)
     p.add_argument("--config", metavar="FILE",
                    help="YAML config (sections data, model, loss, discriminator, optim, train, degradation)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimiser steps in total (train.max_steps)")

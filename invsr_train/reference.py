@@ -16,6 +16,8 @@ import numpy as np
 from invsr_runtime.colorfix import COLOR_FIXES
 from invsr_runtime.imageio import ImageReadError, load_rgb, save_rgb
 
+from .models import BASE_HELP, PREDICTOR_HELP
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files (or none with --sample)")
     p.add_argument("--sample", action="append", default=[], help="a scikit-image sample photo, degraded x4 (e.g. astronaut)")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--base", default="stabilityai/sd-turbo", help="hub id, local diffusers folder, synthetic:tiny or synthetic:full")
-    p.add_argument("--predictor", default="hub", help="checkpoint path, 'hub' (official weights) or 'synthetic'")
+    p.add_argument("--base", default="stabilityai/sd-turbo", help=BASE_HELP)
+    p.add_argument("--predictor", default="hub", help=PREDICTOR_HELP)
     p.add_argument("--steps", type=int, default=None, help="sampling steps 1..5 (default 1, or the count of --timesteps)")
     p.add_argument("--timesteps", default=None, help="custom timesteps, e.g. 200,100")
     p.add_argument("--color-fix", default="none", choices=COLOR_FIXES)

@@ -186,3 +186,15 @@ def test_download_errors(hub, tmp_path, capsys, monkeypatch):
     assert rc == 2 and "offline mode" in err
     for e in (err,):
         assert e.count("\n") == 1 and e.startswith("error: ")
+
+
+def test_console_script_and_every_cli_names_the_bundle():
+    import importlib
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["invsr-models"] == "invsr_train.models_cli:main"
+    for module in ("invsr_export.cli", "invsr_train.cli", "invsr_train.reference", "benchmarks.cli"):
+        text = " ".join(importlib.import_module(module).build_parser().format_help().split())
+        assert "bundle folder (invsr-models download)" in text, module

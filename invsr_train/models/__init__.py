@@ -22,6 +22,14 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+#: --help text of every command's --base / --predictor (one description of the accepted forms).
+BASE_HELP = (
+    "SD-Turbo: hub id (org/name[@revision]; offline: from the hub cache, HF_HOME / HF_HUB_CACHE), bundle folder "
+    "(invsr-models download), diffusers folder, copied models--org--name cache folder, single-file .safetensors, "
+    "synthetic:tiny or synthetic:full"
+)
+PREDICTOR_HELP = "noise predictor: hub (OAOA/InvSR's v5), .pth path, bundle folder, synthetic"
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
