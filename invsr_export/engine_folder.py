@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,7 +19,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from invsr_runtime.folder_guard import sha256_file
 from invsr_runtime.manifest import ComponentSpec, Manifest, TensorSpec
+from invsr_runtime.onnx_refs import external_data_locations
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +111,21 @@ def tool_versions() -> dict[str, str | None]:
     return package_versions(("invsr-trt", "torch", "diffusers", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "numpy"))
 
 
-def component_spec(file: str, io: Any, sha256: str) -> ComponentSpec:
-    """Manifest entry of one graph from its GraphSpec (inputs/outputs float32 at the boundary)."""
+def component_spec(folder: Path, file: str, io: Any) -> ComponentSpec:
+    """Manifest entry of one graph from its GraphSpec (inputs/outputs float32 at the boundary), with the
+    sha256 of the graph file and of every external-data file it names (what the runtime verifies)."""
     copy = lambda specs: [TensorSpec(t.name, list(t.shape), t.dtype) for t in specs]  # noqa: E731
-    return ComponentSpec(file=file, inputs=copy(io.inputs), outputs=copy(io.outputs), sha256=sha256)
+    path = Path(folder) / file
+    names = external_data_locations(path) if path.suffix == ".onnx" else []
+    base = posixpath.dirname(file)
+    external = {name: sha256_file(Path(folder) / posixpath.join(base, name)) for name in names}
+    return ComponentSpec(file=file, inputs=copy(io.inputs), outputs=copy(io.outputs), sha256=sha256_file(path),
+                         external_data=external)
 
 
 def build_manifest(
     *, backend: str, precision: str, tile: int, batch: int, base: Any, components: Mapping[str, ComponentSpec],
-    default_timesteps: Mapping[int, tuple[int, ...]], prompt: str, provenance: Mapping[str, Any],
+    default_timesteps: Mapping[int, tuple[int, ...]], prompt: str, prompt_embeds: Path, provenance: Mapping[str, Any],
     validation: Mapping[str, Any],
 ) -> Manifest:
     """The complete manifest (DESIGN.md's list) for a finished export."""
@@ -132,7 +141,8 @@ def build_manifest(
         latent_channels=4,
         scaling_factor=float(base.scaling_factor),
         prompt=prompt,
-        prompt_embeds="prompt_embeds.npy",
+        prompt_embeds=Path(prompt_embeds).name,
+        prompt_embeds_sha256=sha256_file(prompt_embeds),
         provenance={**provenance, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         validation=dict(validation),
     )

@@ -238,14 +238,13 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
         validation = _validate(job, paths)
         digests = {name: onnx_digest(p) for name, p in paths.items()}
         files, trt_info = _finish_files(job, paths, digests)
-        engine_folder.write_prompt_embeds(stage, embeds)
+        embeds_file = engine_folder.write_prompt_embeds(stage, embeds)
         provenance = _provenance(job, digests, notes, trt_info)
-        components = {n: engine_folder.component_spec(files[n], specs[n], sha256_file(stage / files[n]))
-                      for n in COMPONENTS}
+        components = {n: engine_folder.component_spec(stage, files[n], specs[n]) for n in COMPONENTS}
         manifest = engine_folder.build_manifest(
             backend=backend, precision=opts.precision, tile=tile, batch=opts.batch, base=base,
             components=components, default_timesteps=DEFAULT_TIMESTEPS, prompt=PROMPT,
-            provenance=provenance, validation=validation)
+            prompt_embeds=embeds_file, provenance=provenance, validation=validation)
         shutil.rmtree(job.work)
         manifest.save(stage)
     return ExportReport(Path(opts.out), backend, reason, opts.precision, reports, validation,

@@ -21,6 +21,8 @@ import onnx
 import torch
 from torch import nn
 
+from invsr_runtime.folder_guard import sha256_file  # noqa: F401 - one streaming hash for export and runtime
+
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 19
@@ -169,15 +171,6 @@ def check_graph(path: Path) -> None:
                if any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
     if dynamic:
         raise ExportError(f"{path.name}: {len(dynamic)} tensors have dynamic dimensions (first: {dynamic[0]})")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of one file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def onnx_digest(path: Path) -> str:

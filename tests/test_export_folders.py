@@ -23,6 +23,7 @@ from invsr_export.precision_fp16 import FP32_OPS, fp16_weight_fraction
 from invsr_export.qdq import check_qdq
 from invsr_export.quantize import EXCLUDE_PATTERNS
 from invsr_export.validate import GATES_DB
+from invsr_runtime.folder_guard import sha256_file
 from invsr_runtime.manifest import COMPONENTS, PRECISIONS, load_manifest
 
 TILE = 32
@@ -86,8 +87,9 @@ def test_manifest_is_complete(folders, precision):
         assert prov[key], key
     assert prov["graph_rewrites"] == ["fused_attention", "phase_split_upsample"]
     assert set(prov["onnx_sha256"]) == set(COMPONENTS)
+    assert manifest.prompt_embeds_sha256 == sha256_file(folder / manifest.prompt_embeds)
     for name, spec in manifest.components.items():
-        assert spec.file == f"{name}.onnx" and len(spec.sha256) == 64
+        assert spec.file == f"{name}.onnx" and spec.sha256 == sha256_file(folder / spec.file)
         assert all(t.dtype == "float32" for t in spec.inputs + spec.outputs)
     raw = json.loads((folder / "manifest.json").read_text())
     assert raw["validation"]["passed"] is True

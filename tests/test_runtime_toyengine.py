@@ -14,6 +14,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from invsr_runtime.folder_guard import sha256_file  # noqa: E402
 from invsr_runtime.manifest import ComponentSpec, Manifest, TensorSpec  # noqa: E402
 from invsr_runtime.schedule import DEFAULT_TIMESTEPS, alphas_cumprod  # noqa: E402
 
@@ -102,14 +103,15 @@ def build_toy_engine(folder: Path, tile: int = 16, batch: int = 2) -> Path:
     io = _graphs(folder, batch, tile)
     components = {
         name: ComponentSpec(file=f"{name}.onnx", inputs=[TensorSpec(n, s) for n, s in ins],
-                            outputs=[TensorSpec(n, s) for n, s in outs])
+                            outputs=[TensorSpec(n, s) for n, s in outs], sha256=sha256_file(folder / f"{name}.onnx"))
         for name, (ins, outs) in io.items()
     }
     np.save(folder / "prompt_embeds.npy", np.linspace(-0.2, 0.3, 77 * EMBED_DIM, dtype=np.float32).reshape(1, 77, EMBED_DIM))
     Manifest(backend="onnxruntime", precision="fp32", tile=tile, batch=batch, components=components,
              alphas_cumprod=alphas_cumprod().tolist(),
              default_timesteps={str(k): list(v) for k, v in DEFAULT_TIMESTEPS.items()},
-             prompt="toy", provenance={"base": "toy"}).save(folder)
+             prompt="toy", prompt_embeds_sha256=sha256_file(folder / "prompt_embeds.npy"),
+             provenance={"base": "toy"}).save(folder)
     return folder
 
 

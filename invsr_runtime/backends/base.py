@@ -14,58 +14,30 @@ from typing import Mapping
 import numpy as np
 
 from ..chain_feeds import chain_feeds
-from ..manifest import COMPONENTS, Manifest, ManifestError
+from ..manifest import GRAPH_IO, Manifest, read_prompt_embeds
 from ..schedule import Schedule
 from ..tile_chain import TileChain
 
-#: The graph contract (docs/INTERFACES.md): input and output names of each component.
-GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "vae_encoder": (("lr", "noise"), ("latent_lr",)),
-    "predictor": (("lr", "timestep", "noise", "latent_lr", "sigma"), ("latent",)),
-    "unet": (("latent", "timestep", "sigma", "sigma_next", "encoder_hidden_states"), ("latent_next",)),
-    "vae_decoder": (("latent",), ("image",)),
-}
+__all__ = ["GRAPH_IO", "ArrayBackend", "Backend", "BackendError"]
 
 
 class BackendError(RuntimeError):
     """A backend cannot run this engine folder here; the message says why and what to do."""
 
 
-def check_contract(manifest: Manifest, folder: Path) -> None:
-    """Refuse a manifest whose graphs do not have the contract's input/output names."""
-    for name in COMPONENTS:
-        spec = manifest.components[name]
-        want_in, want_out = GRAPH_IO[name]
-        have_in = {t.name for t in spec.inputs}
-        have_out = {t.name for t in spec.outputs}
-        if have_in != set(want_in) or not set(want_out) <= have_out:
-            raise ManifestError(
-                f"{folder}: {name} has inputs {sorted(have_in)} / outputs {sorted(have_out)}, the runtime "
-                f"expects {list(want_in)} / {list(want_out)}; rebuild it with `invsr-export --out DIR`"
-            )
-
-
-def load_prompt_embeds(folder: Path, manifest: Manifest) -> np.ndarray:
-    """The fixed prompt's embedding [1, 77, D] float32 from the engine folder."""
-    path = folder / manifest.prompt_embeds
-    try:
-        embeds = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: unreadable prompt embedding ({exc}); rebuild with `invsr-export`") from None
-    embeds = np.asarray(embeds, dtype=np.float32)
-    return embeds[None] if embeds.ndim == 2 else embeds
-
-
 class Backend(TileChain, abc.ABC):
-    """Runs the tile chain of one engine folder; fixed engine batch and tile size from the manifest."""
+    """Runs the tile chain of one engine folder; fixed engine batch and tile size from the manifest.
+
+    The manifest comes from `load_manifest`, which already checked it against the schema (contract
+    names and shapes) and verified every file it names; backends only open those files.
+    """
 
     name = "base"
 
     def __init__(self, folder: str | Path, manifest: Manifest) -> None:
         self.folder = Path(folder)
         self.manifest = manifest
-        check_contract(manifest, self.folder)
-        self.prompt_embeds = load_prompt_embeds(self.folder, manifest)
+        self.prompt_embeds = read_prompt_embeds(self.folder, manifest)
 
     @property
     def batch(self) -> int:
