@@ -15,6 +15,7 @@ import pytest
 
 from invsr_export import tensorrt_build
 from invsr_export.tensorrt_build import BuildOptions, TensorRTUnavailable
+from invsr_runtime.folder_guard import sha256_file
 from invsr_runtime.manifest import TensorRTBuild
 
 from test_runtime_toyengine import build_toy_engine  # noqa: E402
@@ -76,6 +77,7 @@ def _plan_folder(root: Path, version_compatible: bool) -> tuple[Path, Path]:
         tensorrt_build.build_engine(plans / comp["file"], plans / comp["file"].replace(".onnx", ".plan"), shapes, options)
         (plans / comp["file"]).unlink()
         comp["file"] = comp["file"].replace(".onnx", ".plan")
+        comp["sha256"] = sha256_file(plans / comp["file"])  # the runtime verifies every file it opens
     flags = ["precision=fp32", "strongly_typed"] + (["version_compatible"] if version_compatible else [])
     built = TensorRTBuild(ENV.tensorrt_version, ENV.gpu_name, ENV.compute_capability)
     manifest.update(backend="tensorrt", provenance={TensorRTBuild.KEY: built.to_dict(), "build_flags": flags})
