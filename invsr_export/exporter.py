@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from invsr_runtime.cache import cache_root
-from invsr_runtime.manifest import BACKENDS, COMPONENTS, PRECISIONS, TensorRTBuild
+from invsr_runtime.manifest import BACKENDS, COMPONENTS, MAX_BATCH, MAX_TILE, PRECISIONS, TILE_MULTIPLE, TensorRTBuild
 from invsr_runtime.schedule import DEFAULT_TIMESTEPS
 
 from . import engine_folder, graph_rewrites, tensorrt_build
@@ -30,14 +30,6 @@ Progress = Callable[[str, str, "float | None"], None]
 #: What `invsr-export --backend` accepts: a backend to build the folder for, or "auto" (TensorRT engines when
 #: TensorRT and a GPU are here, else ONNX graphs). Not the runtime's "auto" (run what the folder holds).
 EXPORT_TARGETS = ("auto",) + BACKENDS
-#: The LR tile must give a latent divisible by 8 (the UNet downsamples it 3 times): T/2 % 8 == 0.
-TILE_MULTIPLE = 16
-#: Largest LR tile: export memory grows with the tile's 4th power (self-attention over (T/2)^2 latent
-#: positions); at 256 the UNet's first attention already holds 16x what it does at InvSR's 128.
-MAX_TILE = 256
-#: Largest engine batch: the graphs are traced (and validated) with the whole batch, so export memory
-#: grows with it; the runtime's --tile-batch runs more tiles per round with any engine batch.
-MAX_BATCH = 32
 #: Most calibration / validation photo tiles: all of them (and, for calibration, every UNet input they give,
 #: ~1.2 MB per tile at 128 px) are held in memory together; 1024 is ~32x the default.
 MAX_PHOTO_TILES = 1024

@@ -42,9 +42,14 @@ MAX_MANIFEST_BYTES = 16 << 20
 REBUILD = "rebuild it with `invsr-export --out DIR`"
 SCALE = 4
 LATENT_CHANNELS = 4
+#: The LR tile must give a latent divisible by 8 (the UNet downsamples it 3 times): T/2 % 8 == 0.
 TILE_MULTIPLE = 16
-MAX_TILE = 2048
-MAX_BATCH = 1024
+#: Largest LR tile: export memory grows with the tile's 4th power (self-attention over (T/2)^2 latent
+#: positions); at 256 the UNet's first attention already holds 16x what it does at InvSR's 128.
+MAX_TILE = 256
+#: Largest engine batch: the graphs are traced (and validated) with the whole batch, so export memory
+#: grows with it; invsr-run's --tile-batch runs more tiles per round with any engine batch.
+MAX_BATCH = 32
 MAX_EMBED_DIM = 8192
 PROMPT_TOKENS = 77
 NUM_TRAIN_TIMESTEPS = 1000
