@@ -1,16 +1,18 @@
-"""Calibration data for the Q/DQ UNet: its real inputs at the timesteps the sampler uses.
+"""Calibration data for the Q/DQ graphs: their real inputs at the timesteps the sampler uses.
 
 NVIDIA calibrates the SD UNet at the timesteps of the deployed sampler. Here: LR tiles cut from real
 photos degraded by our own degradation (`photos.photo_lr_tiles`), run through the fp32 torch graphs
-(encoder -> predictor -> UNet steps, no decoder) with seeded noise; every UNet call's feeds are kept.
-Batches cycle through the default schedules for 1..5 steps, so every default timestep (250, 200, 150,
-100, 50) and the latents each step really sees are covered.
+(encoder -> predictor -> UNet steps, and the decoder only when it is quantized) with seeded noise; every
+call's feeds of the components to quantize are kept. Batches cycle through the default schedules for
+1..5 steps, so every default timestep (250, 200, 150, 100, 50) and the latents each step really sees are
+covered. The feeds are small (a full-size UNet feed is 0.4 MB); the statistics over them are collected
+one feed at a time (`calib_stats`).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -36,8 +38,12 @@ def calibration_feeds(
     tiles: int = DEFAULT_CALIB_TILES,
     images: Path | None = None,
     seed: int = CALIB_SEED,
-) -> list[dict[str, np.ndarray]]:
-    """The UNet feeds (batch `batch`) seen while sampling `tiles` photo tiles; about 3 per batch."""
+    components: Sequence[str] = ("unet",),
+) -> Record:
+    """component -> the feeds (batch `batch`) it saw while sampling `tiles` photo tiles, for `components`.
+
+    The UNet sees about 3 feeds per batch, every other component one.
+    """
     n = max(batch, -(-tiles // batch) * batch)
     lr = photo_lr_tiles(tile, n, images, seed=seed)
     latent = tile * 4 // 8
@@ -48,7 +54,9 @@ def calibration_feeds(
             noises = [tile_noise(seed, i, (latent, latent)) for i in range(start, start + batch)]
             schedule = make_schedule(DEFAULT_TIMESTEPS[k % len(DEFAULT_TIMESTEPS) + 1], alphas_cumprod)
             run_chain(run, lr[start:start + batch], np.stack([v for v, _ in noises]),
-                      np.stack([p for _, p in noises]), schedule, prompt_embeds, record=record, decode=False)
-    feeds = record["unet"]
-    logger.info("calibration: %d UNet inputs from %d photo tiles", len(feeds), n)
+                      np.stack([p for _, p in noises]), schedule, prompt_embeds, record=record,
+                      decode="vae_decoder" in components)
+    feeds = {name: record[name] for name in components}
+    logger.info("calibration: %s from %d photo tiles",
+                ", ".join(f"{len(f)} {name} inputs" for name, f in feeds.items()), n)
     return feeds

@@ -21,7 +21,7 @@ from .exporter import EXPORT_TARGETS, ExportOptions, ExportReport
 
 logger = logging.getLogger("invsr_export")
 
-_STAGES = ("export", "fp16", "calibrate+quantize", "validate", "engine")
+_STAGES = ("export", "fp16", "calibrate", "quantize", "validate", "engine")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="tiles per engine call (fixed in the graphs)")
     p.add_argument("--calib-images", type=Path, default=None,
                    help="folder of HR photos for int8/fp8 calibration (default: scikit-image's samples)")
+    p.add_argument("--quantize", default="unet",
+                   help="int8/fp8: components to quantize, comma-separated from unet,predictor,vae_encoder,"
+                        "vae_decoder (default unet, NVIDIA's recipe); the others stay fp16")
+    p.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA",
+                   help="int8: SmoothQuant the quantized MatMuls with this alpha (e.g. 0.5) before calibrating")
     p.add_argument("--calib-tiles", type=int, default=32, help="LR tiles to calibrate on (int8/fp8)")
     p.add_argument("--opset", type=int, default=19, help="ONNX opset (>= 19)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -76,6 +81,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(
         out=args.out, precision=args.precision, backend=args.backend, base=args.base, predictor=args.predictor,
         tile=args.tile, batch=args.batch, calib_images=args.calib_images, calib_tiles=args.calib_tiles,
+        quantize=tuple(c.strip() for c in str(args.quantize).split(",") if c.strip()), smoothquant=args.smoothquant,
         opset=args.opset, force=args.force, validate=args.validate, gate=args.gate, gate_db=args.gate_db,
         validate_tiles=args.validate_tiles, validate_steps=steps, workspace_mib=args.workspace_mib,
         optimization_level=args.opt_level, version_compatible=args.version_compatible, timing_cache=args.timing_cache, engine_cache=args.engine_cache,
@@ -170,6 +176,9 @@ def format_summary(report: ExportReport) -> str:
         verdict = "passed" if v["passed"] else "MISSED (kept: --no-gate)"
         lines.append(f"end-to-end PSNR vs PyTorch on {v['tiles']} photo tiles: {scores}; "
                      f"gate >= {v['gate_db']:.1f} dB: {verdict}")
+        for name, drift in v.get("drift_db", {}).items():
+            lines.append(f"  with only {name} {report.precision} (the rest fp32 PyTorch): " + ", ".join(
+                f"{k} step{'s' if k != '1' else ''} {val:.2f} dB" for k, val in drift.items()))
     return "\n".join(lines)
 
 

@@ -52,6 +52,8 @@ class ExportOptions:
     batch: int = 1
     calib_images: Path | None = None
     calib_tiles: int = 32
+    quantize: tuple[str, ...] = ("unet",)
+    smoothquant: float | None = None
     opset: int = DEFAULT_OPSET
     force: bool = False
     validate: bool = True
@@ -120,6 +122,11 @@ def check_options(opts: ExportOptions, base_tile: int | None = None) -> int | No
         if not 1 <= count <= MAX_PHOTO_TILES:
             raise ExportOptionError(f"{flag} must be 1..{MAX_PHOTO_TILES}, got {count}: every tile and the model "
                                     "inputs it produces are held in memory at once")
+    bad = [c for c in opts.quantize if c not in COMPONENTS]
+    if bad or not opts.quantize:
+        raise ExportOptionError(f"--quantize takes components from {','.join(COMPONENTS)}, got {','.join(opts.quantize)}")
+    if opts.smoothquant is not None and not 0.0 < opts.smoothquant < 1.0:
+        raise ExportOptionError(f"--smoothquant takes an alpha between 0 and 1 (e.g. 0.5), got {opts.smoothquant}")
     bad_steps = [s for s in opts.validate_steps if s not in DEFAULT_TIMESTEPS]
     if bad_steps or not opts.validate_steps:
         raise ExportOptionError(f"--validate-steps takes step counts 1..5, got {list(opts.validate_steps)}")
@@ -220,7 +227,7 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
     tile = check_options(opts, base.tile)
     embeds = base.prompt_embeds.float().cpu().numpy()
     specs = graph_specs(opts.batch, tile, int(embeds.shape[-1]), int(embeds.shape[-2]))
-    reports = {name: ComponentReport(name, precision=_component_precision(name, opts.precision)) for name in COMPONENTS}
+    reports = {name: ComponentReport(name, precision=_component_precision(name, opts)) for name in COMPONENTS}
     with engine_folder.staging(Path(opts.out), opts.force) as stage:
         job = ExportJob(opts, backend, env, base, predictor, build_wrappers(base, predictor), specs, tile,
                         graph_rewrites.rewrites_for(backend), stage, reports, progress)
@@ -243,11 +250,11 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
                         time.perf_counter() - t_start)
 
 
-def _component_precision(name: str, precision: str) -> str:
-    """What each graph becomes: only the UNet is quantized; the rest is FP16 in int8/fp8 folders."""
-    if precision in ("int8", "fp8") and name != "unet":
+def _component_precision(name: str, opts: ExportOptions) -> str:
+    """What each graph becomes: in int8/fp8 folders the --quantize components; the rest is FP16."""
+    if opts.precision in ("int8", "fp8") and name not in opts.quantize:
         return "fp16"
-    return precision
+    return opts.precision
 
 
 def _export_graphs(job: ExportJob) -> dict[str, Path]:
@@ -273,18 +280,19 @@ FP16_NOTES = {"library": "onnxruntime.transformers.float16.convert_float_to_floa
 def _precision_pass(job: ExportJob, fp32_paths: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
     """The graphs at the folder's precision: (final graph paths, notes for the provenance).
 
-    FP32 graphs are final already. Otherwise each graph becomes FP16 (the UNet Q/DQ in int8/fp8 folders),
-    and its FP32 intermediate is deleted at once, so only one extra copy is ever on disk.
+    FP32 graphs are final already. Otherwise each graph becomes FP16 (Q/DQ for the --quantize ones in
+    int8/fp8 folders), and its FP32 intermediate is deleted at once, so only one extra copy is ever on disk.
     """
     if job.opts.precision == "fp32":
         return dict(fp32_paths), {}
     notes: dict[str, Any] = {"fp16": FP16_NOTES}
-    paths = {}
+    paths: dict[str, Path] = {}
+    feeds: dict[str, list] = {}
     for name in COMPONENTS:
         src, dst = fp32_paths[name], job.final_dir / f"{name}.onnx"
-        quant_notes = _convert_graph(job, name, src, dst)
+        quant_notes = _convert_graph(job, name, src, dst, feeds)
         if quant_notes is not None:
-            notes["quantization"] = quant_notes
+            notes.setdefault("quantization", {})[name] = quant_notes
         for file in graph_files(src):
             file.unlink()
         paths[name] = dst
@@ -292,24 +300,36 @@ def _precision_pass(job: ExportJob, fp32_paths: dict[str, Path]) -> tuple[dict[s
     return paths, notes
 
 
-def _convert_graph(job: ExportJob, name: str, src: Path, dst: Path) -> dict[str, Any] | None:
-    """One FP32 graph -> FP16, or -> Q/DQ (returning the quantization notes) for the UNet in int8/fp8."""
+def _convert_graph(job: ExportJob, name: str, src: Path, dst: Path, feeds: dict[str, list]) -> dict[str, Any] | None:
+    """One FP32 graph -> FP16, or -> Q/DQ (returning the quantization notes) for a --quantize one in int8/fp8.
+
+    `feeds` (component -> calibration inputs) is filled on the first quantized component, for all of them.
+    """
     from .precision_fp16 import convert_fp16
 
-    if _component_precision(name, job.opts.precision) in ("int8", "fp8"):
-        return job.timed(name, "calibrate+quantize", lambda: _quantize(job, src, dst))
+    if _component_precision(name, job.opts) in ("int8", "fp8"):
+        if not feeds:
+            feeds.update(job.timed(name, "calibrate", lambda: _calibration_feeds(job)))
+        return job.timed(name, "quantize", lambda: _quantize(job, name, feeds.pop(name), src, dst))
     job.timed(name, "fp16", lambda: convert_fp16(src, dst, fp32_softmax=(name == "predictor")))
     return None
 
 
-def _quantize(job: ExportJob, src: Path, dst: Path) -> dict:
+def _calibration_feeds(job: ExportJob) -> dict[str, list]:
     from .calibration import calibration_feeds
-    from .quantize import quantize_unet
 
     opts, base = job.opts, job.base
-    feeds = calibration_feeds(job.wrappers, base.prompt_embeds.float().cpu().numpy(), base.alphas_cumprod, job.tile,
-                              opts.batch, tiles=opts.calib_tiles, images=opts.calib_images)
-    notes = quantize_unet(src, dst, opts.precision, feeds)
+    return calibration_feeds(job.wrappers, base.prompt_embeds.float().cpu().numpy(), base.alphas_cumprod, job.tile,
+                             opts.batch, tiles=opts.calib_tiles, images=opts.calib_images, components=opts.quantize)
+
+
+def _quantize(job: ExportJob, name: str, feeds: list, src: Path, dst: Path) -> dict:
+    """Q/DQ graph of one component, in the form of the folder's backend (see quantize.py)."""
+    from .quantize import EXCLUDES, quantize_graph
+
+    opts = job.opts
+    notes = quantize_graph(src, dst, opts.precision, feeds, form=job.backend, exclude=EXCLUDES[name],
+                           fp32_softmax=(name == "predictor"), smoothquant=opts.smoothquant)
     notes["calibration_images"] = str(opts.calib_images) if opts.calib_images else "scikit-image sample photos"
     notes["calibration_timesteps"] = sorted({t for ts in DEFAULT_TIMESTEPS.values() for t in ts}, reverse=True)
     return notes
@@ -327,7 +347,8 @@ def _validate(job: ExportJob, paths: dict[str, Path]) -> dict[str, Any]:
     pipeline = ReferencePipeline(job.base, job.predictor)
     result = job.timed("unet", "validate", lambda: validate(
         paths, pipeline, job.wrappers, opts.precision, job.tile, opts.batch, tiles=opts.validate_tiles,
-        steps=opts.validate_steps, images=None, gate_db=opts.gate_db))
+        steps=opts.validate_steps, images=None, gate_db=opts.gate_db,
+        quantized=[n for n in COMPONENTS if _component_precision(n, opts) in ("int8", "fp8")]))
     for name, errors in result.components.items():
         job.reports[name].errors = errors
     check_gate(result, enforce=opts.gate)

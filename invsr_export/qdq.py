@@ -122,14 +122,17 @@ class QdqReport:
     quantized_gemms: int = 0
     weight_dq: int = 0
     activation_q: int = 0
+    gemm_output_q: int = 0
     zero_point_types: set[int] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
 
-def check_qdq(model: onnx.ModelProto) -> QdqReport:
-    """Check the Q/DQ form TensorRT wants: zero points all 0, weight DQ per output channel and feeding
-    a Conv/MatMul/Gemm, activation Q per tensor."""
+def check_qdq(model: onnx.ModelProto, form: str = "tensorrt") -> QdqReport:
+    """Check the Q/DQ form: zero points all 0, weight DQ per output channel and feeding a Conv/MatMul/Gemm,
+    activation Q per tensor; in TensorRT form also no QuantizeLinear reading a Conv/MatMul/Gemm output
+    (TensorRT: never quantize the outputs of weighted ops). ONNX Runtime's form quantizes those outputs."""
     inits = _initializers(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -150,7 +153,13 @@ def check_qdq(model: onnx.ModelProto) -> QdqReport:
             report.activation_q += 1
             if scale is None or scale.size != 1:
                 report.problems.append(f"{node.name}: activation scale is not per-tensor")
-    producer = {o: n for n in model.graph.node for o in n.output}
+            source = producer.get(node.input[0])
+            while source is not None and source.op_type == "Cast":  # an fp16 body may cast in between
+                source = producer.get(source.input[0])
+            if source is not None and source.op_type in GEMM_OPS:
+                report.gemm_output_q += 1
+                if form == "tensorrt":
+                    report.problems.append(f"{node.name}: quantizes the output of {source.op_type} {source.name}")
     report.quantized_gemms = sum(
         1 for n in model.graph.node if n.op_type in GEMM_OPS and len(n.input) > 1
         and getattr(producer.get(n.input[1]), "op_type", None) == "DequantizeLinear")

@@ -5,7 +5,10 @@ Two measurements, both with the same LR tiles (real photos, degraded) and the sa
   produces, recorded from the ORT chain itself): max / mean absolute error and max error relative to
   the reference's largest magnitude;
 * end to end: the four ORT graphs chained vs ``ReferencePipeline.upscale_tiles`` -> PSNR of the HR tiles
-  (data range 1), for each validated step count; the gate applies to the lowest.
+  (data range 1), for each validated step count; the gate applies to the lowest;
+* drift per quantized component: the chain with only that component's exported graph (the others run as
+  the fp32 torch graphs) vs the reference, per step count: what quantizing that one component costs end
+  to end, so a user can weigh each ``--quantize`` choice on their own photos and weights.
 
 Gates (minimum end-to-end PSNR, dB): fp32 50 (the same model: synthetic:tiny measures ~130 dB);
 fp16 40 (measures ~68 dB), int8 30 (~45 dB), fp8 25 (~34 dB, E4M3's 3 mantissa bits on uniformly
@@ -53,6 +56,8 @@ class ValidationResult:
     min_psnr_db: float
     passed: bool
     components: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: quantized component -> {step count: end-to-end PSNR with only that component exported}
+    drift_db: dict[str, dict[str, float]] = field(default_factory=dict)
     tiles: int = 0
     seed: int = VALIDATION_SEED
     reference: str = "invsr_train.pipeline.ReferencePipeline.upscale_tiles (fp32, CPU)"
@@ -100,8 +105,12 @@ def validate(
     images: Path | None = None,
     seed: int = VALIDATION_SEED,
     gate_db: float | None = None,
+    quantized: Sequence[str] = (),
 ) -> ValidationResult:
-    """Run every exported graph in ORT against the reference; the result says whether the gate holds."""
+    """Run every exported graph in ORT against the reference; the result says whether the gate holds.
+
+    For each component in `quantized`, also the end-to-end PSNR with only that graph exported (drift_db).
+    """
     base = pipeline.base
     n = max(batch, -(-tiles // batch) * batch)
     lr = photo_lr_tiles(tile, n, images, seed=seed)
@@ -111,9 +120,17 @@ def validate(
     with flush_denormals():
         scores, record = _end_to_end(ort_runner(sessions), pipeline, lr, vae_noise, pred_noise, embeds, batch, steps)
         errors = component_errors(sessions, wrappers, record)
+        drift = {name: _end_to_end(_only(name, sessions, wrappers), pipeline, lr, vae_noise, pred_noise, embeds,
+                                   batch, steps)[0] for name in quantized}
     gate = GATES_DB[precision] if gate_db is None else gate_db
     worst = min(scores.values())
-    return ValidationResult(precision, gate, scores, worst, worst >= gate, errors, tiles=n, seed=seed)
+    return ValidationResult(precision, gate, scores, worst, worst >= gate, errors, drift, tiles=n, seed=seed)
+
+
+def _only(name: str, sessions: Mapping[str, object], wrappers: Mapping[str, object]):
+    """Runner with the exported graph of `name` only; every other component runs its fp32 torch graph."""
+    exported, reference = ort_runner(sessions), torch_runner(wrappers)
+    return lambda component, feeds: (exported if component == name else reference)(component, feeds)
 
 
 def _end_to_end(run, pipeline, lr, vae_noise, pred_noise, embeds, batch, steps) -> tuple[dict[str, float], Record]:

@@ -21,7 +21,7 @@ from invsr_export.cli import main
 from invsr_export.phase_upsample import splittable
 from invsr_export.precision_fp16 import FP32_OPS, fp16_weight_fraction
 from invsr_export.qdq import check_qdq
-from invsr_export.quantize import EXCLUDE_PATTERNS
+from invsr_export.quantize import EXCLUDES
 from invsr_export.validate import GATES_DB
 from invsr_runtime.folder_guard import sha256_file
 from invsr_runtime.manifest import COMPONENTS, PRECISIONS, load_manifest
@@ -37,6 +37,8 @@ TRT_OPS = {
 }
 #: What invsr_export.graph_rewrites adds to ONNX Runtime folders (domain, op): fused attention, phase split.
 ORT_REWRITE_OPS = {("com.microsoft", "MultiHeadAttention"), ("", "DepthToSpace")}
+#: What each quantized folder quantizes (--quantize): int8 everything, fp8 the default (the UNet).
+QUANTIZED = {"int8": COMPONENTS, "fp8": ("unet",)}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     try:
         for precision in PRECISIONS:
             folder = root / precision
-            extra = []
+            extra = ["--quantize", ",".join(QUANTIZED[precision])] if precision == "int8" else []
             if precision == "fp32":
                 folder.mkdir()
                 (folder / "stale.txt").write_text("old export")
@@ -100,6 +102,10 @@ def test_validation_meets_the_gate(folders, precision):
     v = load_manifest(folders[precision]).validation
     assert v["gate_db"] == GATES_DB[precision] and v["min_psnr_db"] >= GATES_DB[precision]
     assert set(v["psnr_db"]) == {"1", "2"} and set(v["components"]) == set(COMPONENTS)
+    # end-to-end drift of each quantized component alone, per step count (quantizing one costs less than all)
+    assert set(v["drift_db"]) == set(QUANTIZED.get(precision, ()))
+    for drift in v["drift_db"].values():
+        assert set(drift) == {"1", "2"} and min(drift.values()) >= v["min_psnr_db"] - 0.5
     if precision == "fp32":
         assert v["min_psnr_db"] >= 50 and all(e["max_rel"] < 1e-5 for e in v["components"].values())
 
@@ -130,7 +136,8 @@ def test_graphs_are_static_and_plain_but_for_the_ort_rewrites(folders, precision
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "fp8"])
 def test_fp16_graphs_are_really_fp16(folders, precision):
-    for name in COMPONENTS:
+    """Every graph not quantized is fp16 (a quantized one has ONNX Runtime's fp32 body here)."""
+    for name in set(COMPONENTS) - set(QUANTIZED.get(precision, ())):
         model = _load(folders[precision], name)
         assert fp16_weight_fraction(model) > 0.9, name
         types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
@@ -148,25 +155,32 @@ def test_fp16_graphs_are_really_fp16(folders, precision):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
-def test_unet_has_trt_style_qdq(folders, precision):
-    model = _load(folders[precision], "unet")
-    report = check_qdq(model)
-    assert not report.problems, report.problems[:3]
+def test_quantized_graphs_have_ort_style_qdq(folders, precision):
+    """Q/DQ exactly in the --quantize components, in ONNX Runtime's form (GEMM outputs quantized too, so ORT
+    fuses integer kernels), on an fp32 body; the exclusions stay unquantized. TensorRT's form: test_export_trt_graphs."""
     zp_type = onnx.TensorProto.INT8 if precision == "int8" else onnx.TensorProto.FLOAT8E4M3FN
-    assert report.zero_point_types == {zp_type}
-    assert report.quantized_gemms >= 100 and report.weight_dq == report.quantized_gemms
-    assert report.activation_q > 0
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm") and any(p in node.name for p in EXCLUDE_PATTERNS):
-            assert getattr(producer.get(node.input[1]), "op_type", "") != "DequantizeLinear", node.name
-    for name in ("vae_encoder", "vae_decoder", "predictor"):  # only the UNet is quantized
-        assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in _load(folders[precision], name).graph.node)
+    for name in COMPONENTS:
+        model = _load(folders[precision], name)
+        if name not in QUANTIZED[precision]:
+            assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node), name
+            continue
+        report = check_qdq(model, form="onnxruntime")
+        assert not report.problems, (name, report.problems[:3])
+        assert report.zero_point_types == {zp_type}
+        assert report.quantized_gemms > 0 and report.weight_dq == report.quantized_gemms, name
+        assert report.gemm_output_q == report.quantized_gemms, name
+        assert fp16_weight_fraction(model) == 0.0, name  # fp32 body: fp32 scales, no fp16 weight
+        producer = {o: n for n in model.graph.node for o in n.output}
+        for node in model.graph.node:
+            if node.op_type in ("Conv", "MatMul", "Gemm") and any(p in node.name for p in EXCLUDES[name]):
+                assert getattr(producer.get(node.input[1]), "op_type", "") != "DequantizeLinear", node.name
+    assert check_qdq(_load(folders[precision], "unet")).quantized_gemms >= 100  # every transformer/resnet GEMM
 
 
 def test_quantized_unet_is_smaller_than_fp16(folders):
+    """Weights stored as 1 byte: below fp16 even with the fp32 body (fp32 exclusions and biases) of ORT's form."""
     size = lambda p: (folders[p] / "unet.onnx").stat().st_size  # noqa: E731
-    assert size("int8") < 0.75 * size("fp16") and size("fp8") < 0.75 * size("fp16") < size("fp32")
+    assert max(size("int8"), size("fp8")) < min(size("fp16"), 0.5 * size("fp32"))
 
 
 def test_graphs_run_in_onnxruntime_with_named_io(folders):
