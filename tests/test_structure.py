@@ -203,3 +203,53 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "invsr_trt"
+
+
+# ------------------------------------------------------------------------------------ the TileChain contract
+CHAIN_CHECK = '''
+import numpy as np
+
+from benchmarks.runners.base import RunnerChain
+from invsr_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from invsr_runtime.backends.tensorrt import TensorRTBackend
+from invsr_runtime.pnp import upscale_rgb
+from invsr_runtime.schedule import Schedule
+from invsr_runtime.tile_chain import TileChain
+
+
+def accepts(chain: TileChain) -> int:
+    return chain.batch
+
+
+def engines(a: OnnxRuntimeBackend, b: TensorRTBackend, c: RunnerChain) -> None:
+    accepts(a)
+    accepts(b)
+    accepts(c)
+
+
+class NoBatchRule:
+    tile, scale, batch = 16, 4, 2
+
+    def close(self) -> None: ...
+
+
+def loop(a: OnnxRuntimeBackend, image: np.ndarray, schedule: Schedule, d: NoBatchRule) -> None:
+    upscale_rgb(a, image, schedule)
+    accepts(d)
+'''
+
+
+def test_a_type_checker_sees_the_tile_chain_contract(tmp_path):
+    """mypy accepts the backends and the benchmark's chain as TileChain, and refuses an object without the rule."""
+    from mypy import api
+
+    check = tmp_path / "check_chain.py"
+    check.write_text(CHAIN_CHECK)
+    out, err, status = api.run([str(check), "--follow-imports=silent", "--ignore-missing-imports",
+                                "--no-error-summary", "--cache-dir", str(tmp_path / "cache")])
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert status == 1 and len(errors) == 1, out + err
+    line = int(errors[0].split("check_chain.py:")[1].split(":")[0])
+    assert CHAIN_CHECK.splitlines()[line - 1].strip() == "accepts(d)"
+    assert '"NoBatchRule"' in errors[0] and '"TileChain"' in errors[0]
+    assert "fixed_batch, run_chain" in out
