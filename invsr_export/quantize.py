@@ -39,6 +39,8 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
+from invsr_runtime.manifest import BACKENDS
+
 from . import calib_stats, qdq
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, graph_files, save_proto
 from .precision_fp16 import convert_fp16
@@ -60,8 +62,8 @@ EXCLUDES = {
 EXCLUDE_PATTERNS = EXCLUDES["unet"]
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 DEFAULT_PERCENTILE = 99.99
-#: Q/DQ form per backend (see the module docstring).
-FORMS = ("tensorrt", "onnxruntime")
+#: Q/DQ form per backend (see the module docstring): one per runtime backend.
+FORMS = BACKENDS
 
 
 class QuantizeError(RuntimeError):
