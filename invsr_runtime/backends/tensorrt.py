@@ -30,7 +30,7 @@ from ..manifest import COMPONENTS, Manifest, TensorRTBuild
 from ..schedule import MAX_STEPS, Schedule
 from .base import GRAPH_IO, Backend, BackendError
 from .cuda import DeviceBuffer, GpuInfo, call, error_text, gpu_info, import_cudart
-from .trt_import import import_tensorrt
+from .trt_import import import_tensorrt, version_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,6 @@ def schedule_uploads(schedule: Schedule, batch: int, prompt_embeds: np.ndarray) 
     return out
 
 
-def _version_tuple(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split("."))[:3]
-
-
 def _flags(provenance: dict) -> str:
     flags = provenance.get("build_flags", "")
     return " ".join(map(str, flags)) if isinstance(flags, (list, tuple)) else str(flags)
@@ -97,7 +93,7 @@ def check_provenance(provenance: dict, trt_version: str, gpu: GpuInfo, folder: P
     flags = _flags(provenance).lower()
     if built_trt is None:
         raise BackendError(f"{folder}: the manifest does not say which TensorRT built the engines; {REBUILD}")
-    if _version_tuple(built_trt) != _version_tuple(trt_version) and "version_compatible" not in flags:
+    if version_tuple(built_trt)[:3] != version_tuple(trt_version)[:3] and "version_compatible" not in flags:
         raise BackendError(f"{folder}: engines built with TensorRT {built_trt}, this is TensorRT {trt_version}; {REBUILD}")
     if "hardware_compatible" in flags or "ampere_plus" in flags:
         return
