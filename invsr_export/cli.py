@@ -2,7 +2,7 @@
 
 Progress goes to stderr (one line per component and stage), the summary table to stdout. Errors are one
 line ``error: ...`` on stderr: exit 2 for bad input (options, models, --out), 1 for a failed export or a
-missed validation gate, 130 when interrupted. A failed export never leaves a folder at --out.
+missed validation gate, 130 when interrupted (143 on SIGTERM, cleaned up the same way). A failed export never leaves a folder at --out.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from invsr_runtime.manifest import PRECISIONS
+from invsr_runtime.signals import exit_code, interruption, terminate_like_interrupt
 from invsr_runtime.warning_lines import warnings_as_lines
 from invsr_train.models import BASE_HELP, PREDICTOR_HELP
 
@@ -132,17 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .exporter import run_export
 
     try:
-        with warnings_as_lines():
+        with terminate_like_interrupt(), warnings_as_lines():
             report = run_export(opts, _progress_printer())
-    except KeyboardInterrupt:
-        print(f"error: interrupted; nothing was written to {opts.out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, opts.out)
     except _user_errors() as exc:
         return _fail(exc, 2, args.verbose)
     except Exception as exc:  # export, quantization, validation gate, TensorRT build, disk...
-        return _fail(exc, 1, args.verbose)
+        stop = interruption(exc)  # a library's clean-up that failed on the signal's way out
+        return _interrupted(stop, opts.out) if stop is not None else _fail(exc, 1, args.verbose)
     print(format_summary(report))
     return 0
+
+
+def _interrupted(exc: KeyboardInterrupt, out: Path) -> int:
+    print(f"error: {exc or 'interrupted'}; nothing was written to {out}", file=sys.stderr)
+    return exit_code(exc)
 
 
 def _fail(exc: BaseException, code: int, verbose: bool) -> int:

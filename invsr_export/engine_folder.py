@@ -1,43 +1,60 @@
 """Writing an engine folder safely: stage in a hidden temp folder beside --out, rename at the end.
 
 A failed or interrupted export removes its staging folder, so --out is either absent, the previous
-folder (kept unless --force), or complete. The manifest follows `invsr_runtime.manifest` (the format's
+folder (kept unless --force), or complete. `--force` replaces only an engine folder an export wrote
+(`check_replaceable`); staging folders carry their owner's pid, so a later export removes those of a
+killed one (`invsr_runtime.tempfiles`). The manifest follows `invsr_runtime.manifest` (the format's
 single source of truth).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import posixpath
 import shutil
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from invsr_runtime import tempfiles
 from invsr_runtime.folder_guard import sha256_file
-from invsr_runtime.manifest import ComponentSpec, Manifest, TensorSpec
+from invsr_runtime.manifest import COMPONENTS, MANIFEST_NAME, ComponentSpec, Manifest, TensorSpec
 from invsr_runtime.onnx_refs import external_data_locations
+from invsr_runtime.tempfiles import is_leftover
 
 logger = logging.getLogger(__name__)
 
 
 class OutputError(RuntimeError):
-    """--out cannot be written (exists without --force, unwritable, not a folder); one line."""
+    """--out cannot be written (exists without --force, unwritable, not a folder, not ours); one line."""
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Refuse early: an existing --out without --force, or a parent we cannot create or write into."""
-    out = Path(out)
+#: Everything an export leaves in an engine folder (besides this project's temporary names): what
+#: `--force` may delete. A folder holding anything else is not replaced.
+EXPORT_FILES = frozenset(
+    {MANIFEST_NAME, "prompt_embeds.npy"}
+    | {f"{name}{suffix}" for name in COMPONENTS for suffix in (".onnx", ".onnx.data", ".plan")}
+)
+
+
+def check_output(out: Path, force: bool, inputs: Iterable[Path | None] = ()) -> None:
+    """Refuse early: --out an existing folder without --force, or (with it) one that is not an engine
+    folder; --out a filesystem root, the home folder, or a folder holding the working directory or an
+    input; a parent we cannot create or write into."""
+    out = Path(out).expanduser().resolve()
+    _check_not_precious(out, inputs)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder: choose another --out")
     if out.exists() and not force:
         raise OutputError(f"{out} already exists: pass --force to replace it, or choose another --out")
-    parent = out.resolve().parent
+    if out.exists():
+        check_replaceable(out)
+    parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -46,13 +63,60 @@ def check_output(out: Path, force: bool) -> None:
         raise OutputError(f"{parent} is not writable: choose a writable --out")
 
 
-@contextmanager
-def staging(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a fresh staging folder beside `out`; on success it replaces `out`, on any failure it is removed."""
-    out = Path(out).resolve()
-    check_output(out, force)
+def _check_not_precious(out: Path, inputs: Iterable[Path | None]) -> None:
+    """--out (resolved) may not be a filesystem root, the home folder, or hold the cwd or an input."""
+    if out.parent == out:
+        raise OutputError(f"--out {out} is a filesystem root: choose a new folder for the engines")
+    if out == Path.home().resolve():
+        raise OutputError(f"--out {out} is your home folder: choose a new folder for the engines")
+    for what, path in [("the working directory", Path.cwd())] + [("an input", p) for p in inputs if p]:
+        path = Path(path).expanduser().resolve()
+        if path == out or out in path.parents:
+            raise OutputError(f"--out {out} holds {what} ({path}): choose a new folder for the engines")
+
+
+def check_replaceable(out: Path) -> None:
+    """`out` may be replaced only if it is an engine folder an export wrote, holding nothing else.
+
+    The marker is a `manifest.json` of this format (an object with an integer `format_version` and a
+    `components` object); every entry must be a plain file an export writes (`EXPORT_FILES`) or one
+    of this project's temporary names. Anything else - a photo, a note, a subfolder, a link - may be
+    the user's, so the folder is refused and nothing is deleted.
+    """
+    hint = "move them out or delete the folder yourself, or choose another --out"
+    manifest = out / MANIFEST_NAME
+    if not _is_our_manifest(manifest):
+        raise OutputError(f"--force refused: {out} is not an engine folder written by invsr-export "
+                          f"(no valid {MANIFEST_NAME}); nothing was deleted, choose another --out")
+    foreign = sorted(e.name for e in os.scandir(out)
+                     if not (e.is_file(follow_symlinks=False) and (e.name in EXPORT_FILES or is_leftover(e.name))))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise OutputError(f"--force refused: {out} holds {foreign[0]!r}{more}, which invsr-export does not write; "
+                          f"nothing was deleted: {hint}")
+
+
+def _is_our_manifest(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(raw, dict) and isinstance(raw.get("format_version"), int)
+            and not isinstance(raw.get("format_version"), bool) and isinstance(raw.get("components"), dict))
+
+
+@contextmanager
+def staging(out: Path, force: bool, inputs: Iterable[Path | None] = ()) -> Iterator[Path]:
+    """Yield a fresh staging folder beside `out`; on success it replaces `out`, on any failure it is removed.
+
+    Leftovers of dead exports beside `out` are removed first (`invsr_runtime.tempfiles`).
+    """
+    out = Path(out).expanduser().resolve()
+    check_output(out, force, inputs)
+    try:
+        stage = tempfiles.new_staging_folder(out)
     except OSError as exc:
         raise OutputError(f"cannot write into {out.parent} ({exc.strerror or exc}): choose a writable --out") from None
     try:
@@ -64,17 +128,14 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
 
 
 def _commit(stage: Path, out: Path, force: bool) -> None:
-    """Rename `stage` to `out`; an existing `out` (only with force) is moved aside first, then deleted."""
+    """Rename `stage` to `out`; an existing `out` (only with force, only an engine folder) is moved
+    aside first, then deleted (`tempfiles.replace_folder`)."""
     _default_permissions(stage)
-    old = None
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not force:
             raise OutputError(f"{out} appeared during the export: pass --force to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        check_replaceable(out)  # again: files may have been added while the export ran
+    tempfiles.replace_folder(stage, out)
 
 
 def _default_permissions(folder: Path) -> None:

@@ -221,14 +221,14 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
     t_start = time.perf_counter()
     check_options(opts)  # before anything heavy
     backend, env, reason = resolve_backend(opts.backend)
-    engine_folder.check_output(Path(opts.out), opts.force)
+    engine_folder.check_output(Path(opts.out), opts.force, _inputs(opts))
     base = load_base(opts.base)
     predictor = load_predictor(opts.predictor, base_name=base.name)
     tile = check_options(opts, base.tile)
     embeds = base.prompt_embeds.float().cpu().numpy()
     specs = graph_specs(opts.batch, tile, int(embeds.shape[-1]), int(embeds.shape[-2]))
     reports = {name: ComponentReport(name, precision=_component_precision(name, opts)) for name in COMPONENTS}
-    with engine_folder.staging(Path(opts.out), opts.force) as stage:
+    with engine_folder.staging(Path(opts.out), opts.force, _inputs(opts)) as stage:
         job = ExportJob(opts, backend, env, base, predictor, build_wrappers(base, predictor), specs, tile,
                         graph_rewrites.rewrites_for(backend), stage, reports, progress)
         job.work.mkdir()
@@ -248,6 +248,13 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
         manifest.save(stage)
     return ExportReport(Path(opts.out), backend, reason, opts.precision, reports, validation,
                         time.perf_counter() - t_start)
+
+
+def _inputs(opts: ExportOptions) -> list[Path]:
+    """Files and folders the export reads or updates: --out may not hold (and so replace) any of them."""
+    given = [opts.calib_images, opts.timing_cache, opts.engine_cache]
+    given += [Path(spec) for spec in (opts.base, opts.predictor) if Path(spec).expanduser().exists()]
+    return [Path(p) for p in given if p is not None]
 
 
 def _component_precision(name: str, opts: ExportOptions) -> str:

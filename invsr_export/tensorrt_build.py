@@ -19,15 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from invsr_runtime.backends.base import BackendError
 from invsr_runtime.backends.trt_import import find_tensorrt, import_tensorrt
+
+from invsr_runtime.tempfiles import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -186,15 +186,7 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def cached_engine(onnx_path: Path, onnx_digest: str, plan_path: Path, precision: str,

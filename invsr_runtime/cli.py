@@ -1,7 +1,8 @@
 """`invsr-run ENGINE_DIR INPUT... -o OUTDIR`: upscale image files x4 from an engine folder.
 
 Exit status: 0 all done (or skipped), 1 some images failed (the others are still written),
-2 usage or engine-folder errors (nothing processed). Problems are one line on stderr: `error: ...`.
+2 usage or engine-folder errors (nothing processed), 130 on Ctrl-C and 143 on SIGTERM (the image
+being written is not left half-written). Problems are one line on stderr: `error: ...`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
 from .outdir import outdir_problem
 from .run_options import RunOptionError, RunOptions, option_flag
 from .schedule import MAX_STEPS
+from .signals import exit_code, interruption, terminate_like_interrupt
 from .warning_lines import warnings_as_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -260,6 +262,8 @@ def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally)
             _error(str(exc))
             tally.failed += 1
         except Exception as exc:  # noqa: BLE001 - report the image, carry on with the others
+            if (stop := interruption(exc)) is not None:
+                raise stop from None  # a library's clean-up failed on the signal's way out: stop
             first = (str(exc).strip().splitlines() or ["failed"])[0]
             _error(f"{job.src}: {type(exc).__name__}: {first}")
             tally.failed += 1
@@ -319,11 +323,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (`invsr-run`)."""
     _setup_logging()
     try:
-        with warnings_as_lines(write=_tqdm_line):
+        with terminate_like_interrupt(), warnings_as_lines(write=_tqdm_line):
             code = run(argv)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        code = 130
+    except KeyboardInterrupt as exc:
+        _error(str(exc) or "interrupted")
+        code = exit_code(exc)
     sys.exit(code)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .budget import ImageTooLarge, check_image_size
+from .tempfiles import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -343,26 +343,10 @@ def write_picture(pic: Picture, path: str | os.PathLike, fmt: str = "png") -> li
 
 
 def save_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
-    """Save a Pillow image to `path` via a temporary file in the same folder, then rename."""
+    """Save a Pillow image to `path` via a temporary file in the same folder (`tempfiles`), then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt, **save_kwargs)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    atomic_write(path, lambda fh: image.save(fh, format=fmt, **save_kwargs))
 
 
 # ------------------------------------------------------------------------- simple RGB helpers (kept)

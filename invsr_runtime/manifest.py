@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +20,7 @@ from .schema import (Rule, SchemaError, dictionary, digest, file_name, integer, 
                      record, text)
 from .folder_guard import ManifestError, check_external_data, read_float_npy, resolve_inside, verify_file
 from .schedule import MAX_STEPS, ScheduleError, resolve_timesteps
+from .tempfiles import atomic_write
 
 __all__ = ["BACKENDS", "COMPONENTS", "ComponentSpec", "FORMAT_VERSION", "GRAPH_IO", "MANIFEST_NAME", "Manifest",
            "ManifestError", "PRECISIONS", "TensorSpec", "load_manifest", "parse_manifest", "read_prompt_embeds"]
@@ -156,12 +156,8 @@ class Manifest:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write manifest.json into `folder` atomically."""
-        path = Path(folder) / MANIFEST_NAME
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(self.to_dict(), indent=1).encode("utf-8")
+        return atomic_write(Path(folder) / MANIFEST_NAME, lambda fh: fh.write(text))
 
 
 # ------------------------------------------------------------------------------------------ schema

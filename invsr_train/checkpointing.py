@@ -9,15 +9,15 @@ the official format) is written separately by the trainer with ``NoisePredictor.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from invsr_runtime.tempfiles import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +67,8 @@ def prune_checkpoints(out: Path, keep: int) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to a temporary file beside ``path`` (fsynced), then rename over it."""
+    return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

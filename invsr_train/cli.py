@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from invsr_runtime.signals import exit_code, interruption, terminate_like_interrupt
+
 from .models import BASE_HELP
 
 __all__ = ["main", "build_parser", "resolve_config"]
@@ -105,16 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .trainer import Trainer
 
-        cfg = resolve_config(args)
-        with warnings_as_lines():
-            trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
-            result = trainer.train()
+        with terminate_like_interrupt():
+            cfg = resolve_config(args)
+            with warnings_as_lines():
+                trainer = Trainer(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+                result = trainer.train()
     except (ConfigError, TrainError, DataError) as e:
         print(f"{PROG}: error: {_last_reason(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
-        return 130
+    except Exception as exc:
+        stop = interruption(exc)  # a library's clean-up that failed on the signal's way out
+        if stop is None:
+            raise
+        return _interrupted(stop)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     finally:
         if trainer is not None:
             trainer.close()
@@ -131,6 +138,11 @@ def _last_reason(e: BaseException) -> str:
         return lines[0]
     last = lines[-1]
     return last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    print(f"{PROG}: {exc or 'interrupted'}; continue with --resume from the last checkpoint", file=sys.stderr)
+    return exit_code(exc)
 
 
 def _report(result: Any) -> None:

@@ -14,13 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from invsr_runtime.cache import cache_root
+from invsr_runtime.tempfiles import atomic_write
 
 if TYPE_CHECKING:  # heavy imports only where they are used
     import torch
@@ -214,15 +214,7 @@ def _read_embeds(path: Path) -> np.ndarray:
 def _write_cache(path: Path, embeds: np.ndarray) -> None:
     """Save to the cache atomically (temp file + rename); a read-only cache only costs a warning."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, embeds)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda f: np.save(f, embeds))
     except OSError as e:
         logger.warning("could not cache the prompt embedding at %s: %s", path, e)
         return

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from invsr_export import exporter
+from invsr_runtime.tempfiles import is_leftover
 from invsr_export.cli import main
+
+from test_runtime_toyengine import build_toy_engine  # noqa: E402  (tests/ is on sys.path)
 
 TINY = ["--base", "synthetic:tiny", "--predictor", "synthetic", "--backend", "onnxruntime"]
 
@@ -28,7 +31,7 @@ def _one_error_line(capsys) -> str:
 
 
 def _leftovers(parent: Path) -> list[Path]:
-    return [p for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    return [p for p in parent.iterdir() if is_leftover(p.name) or ".partial-" in p.name or ".old-" in p.name]
 
 
 def test_corrupted_checkpoint(tmp_path, capsys):
@@ -109,9 +112,8 @@ def test_interrupted_export_leaves_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_failed_export_keeps_the_old_folder(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous export")
+    out = build_toy_engine(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -119,7 +121,7 @@ def test_failed_export_keeps_the_old_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(exporter, "export_module", broken)
     assert main(["--out", str(out), "--force", *TINY]) == 1
     assert "disk on fire" in _one_error_line(capsys)
-    assert (out / "keep.txt").read_text() == "previous export" and not _leftovers(tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not _leftovers(tmp_path)
 
 
 def test_missed_gate_fails_and_no_gate_keeps(tmp_path, capsys):

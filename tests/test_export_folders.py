@@ -26,6 +26,8 @@ from invsr_export.validate import GATES_DB
 from invsr_runtime.folder_guard import sha256_file
 from invsr_runtime.manifest import COMPONENTS, PRECISIONS, load_manifest
 
+from test_runtime_toyengine import build_toy_engine  # noqa: E402  (tests/ is on sys.path)
+
 TILE = 32
 #: Op types TensorRT's ONNX parser supports that these graphs may use (checked against the parser's
 #: operator table, docs/operators.md of onnx-tensorrt, for opset 19).
@@ -52,9 +54,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         for precision in PRECISIONS:
             folder = root / precision
             extra = ["--quantize", ",".join(QUANTIZED[precision])] if precision == "int8" else []
-            if precision == "fp32":
-                folder.mkdir()
-                (folder / "stale.txt").write_text("old export")
+            if precision == "fp32":  # over an earlier engine folder
+                build_toy_engine(folder)
                 extra = ["--force"]
             code = main(["--out", str(folder), "--precision", precision, "--backend", "onnxruntime",
                          "--base", "synthetic:tiny", "--predictor", "synthetic", "--calib-tiles", "6",
@@ -71,8 +72,8 @@ def _load(folder: Path, name: str) -> onnx.ModelProto:
 
 
 def test_fp32_force_replaced_the_old_folder(folders):
-    assert not (folders["fp32"] / "stale.txt").exists()
-    assert not list(folders["fp32"].parent.glob(".*partial*"))
+    assert load_manifest(folders["fp32"]).provenance["base"] != "toy"
+    assert not [p for p in folders["fp32"].parent.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -2,32 +2,23 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from invsr_runtime import tempfiles
 
 #: Read size for hashing: large enough to stream multi-GB weights at disk speed.
 HASH_CHUNK = 1 << 22
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write via ``write(fileobj)`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place.
+    """Write via ``write(fileobj)`` to a temp file beside ``path``, fsync, then rename it into place.
 
-    A crash or an exception never leaves a half-written file under the final name.
+    A crash or an exception never leaves a half-written file under the final name; the temporary name
+    carries the owner's pid, so a later write removes what a killed run left (`invsr_runtime.tempfiles`).
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tempfiles.atomic_write(path, write, durable=True)
 
 
 def sha256_file(path: Path, progress: Callable[[int], Any] | None = None) -> str:
