@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from invsr_runtime.tempfiles import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunLog", "read_log"]
@@ -84,4 +86,5 @@ def _truncate(path: Path, step: int) -> None:
                 kept.append(line)
         except ValueError:
             continue  # a line cut short by a crash
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    text = "".join(line + "\n" for line in kept).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))  # a crash here must not lose the whole log

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from invsr_runtime.outdir import outdir_problem
+from invsr_runtime.tempfiles import atomic_write
 
 from . import checkpointing as ckpt
 from .builders import (
@@ -116,7 +117,8 @@ class Trainer:
         self.val_images = self._val_images(val_files)
         self.log = RunLog(self.out, enabled=self.dist.main, resume_step=self.step)  # drops records of later steps
         if self.dist.main:
-            (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            text = cfg.to_yaml().encode("utf-8")
+            atomic_write(self.out / "config.yaml", lambda f: f.write(text))
 
     # ------------------------------------------------------------------------------------ set-up
     def _resume_state(self, resume: bool) -> dict[str, Any] | None:

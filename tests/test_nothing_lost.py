@@ -68,6 +68,12 @@ def terminate(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int, s
 
 
 # ------------------------------------------------------------------------------------------ --force
+@pytest.fixture
+def no_export(monkeypatch):
+    """Refusals come before any work: should one not, the export stops before it writes anything."""
+    monkeypatch.setattr("invsr_train.models.base.load_base", lambda *a, **k: pytest.fail("--out was not refused"))
+
+
 def _user_folder(root: Path) -> Path:
     folder = root / "photos"
     (folder / "2024").mkdir(parents=True)
@@ -76,7 +82,7 @@ def _user_folder(root: Path) -> Path:
     return folder
 
 
-def test_force_refuses_a_user_folder(tmp_path, capsys):
+def test_force_refuses_a_user_folder(tmp_path, capsys, no_export):
     folder = _user_folder(tmp_path)
     before = snapshot(folder)
     assert export_main(["--out", str(folder), "--force", *TINY]) == 2
@@ -86,7 +92,7 @@ def test_force_refuses_a_user_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra", ["notes.txt", "subfolder", "link", "foreign-manifest"])
-def test_force_refuses_an_engine_folder_holding_more_than_an_export_writes(tmp_path, capsys, extra):
+def test_force_refuses_an_engine_folder_holding_more_than_an_export_writes(tmp_path, capsys, no_export, extra):
     folder = build_toy_engine(tmp_path / "engines")
     if extra == "notes.txt":
         (folder / "notes.txt").write_text("my benchmark notes")
@@ -105,7 +111,7 @@ def test_force_refuses_an_engine_folder_holding_more_than_an_export_writes(tmp_p
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent-of-cwd", "root", "home", "holds-input"])
-def test_force_refuses_precious_folders(tmp_path, capsys, monkeypatch, where):
+def test_force_refuses_precious_folders(tmp_path, capsys, monkeypatch, no_export, where):
     work = build_toy_engine(tmp_path / "project")  # even an engine folder, when it holds what matters
     (work / "calib").mkdir()
     (work / "calib" / "photo.png").write_bytes(b"mine")
