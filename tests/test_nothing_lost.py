@@ -193,19 +193,12 @@ def test_sigkilled_export_is_cleaned_by_the_next(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- invsr-train
 def test_sigterm_during_invsr_train(tmp_path):
-    from test_train import write_photos
+    from test_train import tiny_config_file, write_photos
 
     from invsr_train import checkpointing
 
     photos = write_photos(tmp_path / "photos", size=64, corrupt=False)
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        "data: {crop: 64, workers: 0, val_holdout: 1, val_count: 1}\n"
-        "model: {unet_grad_checkpointing: false}\n"
-        "loss: {lpips_weight: 0.0, gan_weight: 0.0}\n"
-        "optim: {warmup: 0}\n"
-        "train: {max_steps: 500, batch_size: 2, micro_batch: 1, log_every: 1, sample_count: 0, ckpt_every: 1,"
-        " val_every: 0}\n", encoding="utf-8")
+    cfg = tiny_config_file(tmp_path / "tiny.yaml", "max_steps: 500, batch_size: 2, ckpt_every: 1, val_every: 0")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "invsr_train.cli", "--data", str(photos), "--out", str(out),
                              "--base", "synthetic:tiny", "--config", str(cfg), "--no-progress"],

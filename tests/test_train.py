@@ -54,6 +54,19 @@ def tiny(data: Path, **extra: Any) -> dict[str, Any]:
     return over
 
 
+def tiny_config_file(path: Path, train: str) -> Path:
+    """A YAML config for the CLI: the tiny recipe, L2 only, with `train` (YAML mapping entries) on top."""
+    path.write_text(
+        "data: {crop: 64, workers: 0, val_holdout: 1, val_count: 1}\n"
+        "model: {unet_grad_checkpointing: false}\n"
+        "loss: {lpips_weight: 0.0, gan_weight: 0.0}\n"
+        "optim: {warmup: 0}\n"
+        f"train: {{micro_batch: 1, log_every: 1, sample_count: 0, {train}}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def train(cfg_over: dict[str, Any], out: Path, base: Any, resume: bool = False) -> Any:
     trainer = Trainer(load_config(None, cfg_over), out, resume=resume, progress=False, base=base)
     try:
@@ -181,15 +194,7 @@ def test_init_from_checkpoint_starts_from_those_weights(full_runs, photos, tiny_
 def test_cli_config_overrides_and_resume(photos, tmp_path, capsys):
     from invsr_train.cli import main
 
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        "data: {crop: 64, workers: 0, val_holdout: 1, val_count: 1}\n"
-        "model: {unet_grad_checkpointing: false}\n"
-        "loss: {lpips_weight: 0.0, gan_weight: 0.0}\n"
-        "optim: {warmup: 0}\n"
-        "train: {max_steps: 50, batch_size: 4, micro_batch: 1, log_every: 1, sample_count: 0, seed: 5}\n",
-        encoding="utf-8",
-    )
+    cfg = tiny_config_file(tmp_path / "tiny.yaml", "max_steps: 50, batch_size: 4, seed: 5")
     out = tmp_path / "out"
     args = ["--data", str(photos), "--out", str(out), "--base", "synthetic:tiny", "--config", str(cfg), "--no-progress"]
     assert main(args + ["--max-steps", "1", "--batch-size", "2", "--set", "train.seed=9"]) == 0
