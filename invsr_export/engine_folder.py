@@ -139,7 +139,7 @@ def _commit(stage: Path, out: Path, force: bool) -> None:
 
 
 def _default_permissions(folder: Path) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries; give the folder the umask's usual modes."""
+    """Writers that use `tempfile` create private (0700/0600) entries; give everything the umask's usual modes."""
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
