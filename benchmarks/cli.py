@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from invsr_runtime.outdir import outdir_problem
+from invsr_runtime.signals import exit_code, terminate_like_interrupt
+from invsr_runtime.tempfiles import atomic_write
 from invsr_runtime.warning_lines import warnings_as_lines
 from invsr_train.models import BASE_HELP, PREDICTOR_HELP
 
@@ -241,7 +243,7 @@ class Bench:
         report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
         report["plots"] = plots.write_plots(report, self.out)
         write_json(report, self.out / "report.json")
-        (self.out / "report.md").write_text(markdown.render(report), encoding="utf-8")
+        _write_text(self.out / "report.md", markdown.render(report))
         return report
 
     def run(self) -> int:
@@ -292,9 +294,14 @@ def render_only(folder: Path) -> int:
         print(f"error: cannot read {folder / 'report.json'} ({exc})", file=sys.stderr)
         return 2
     report["plots"] = plots.write_plots(report, folder)
-    (folder / "report.md").write_text(markdown.render(report), encoding="utf-8")
+    _write_text(folder / "report.md", markdown.render(report))
     print(f"re-rendered {folder / 'report.md'} and {', '.join(report['plots'])}")
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def early_problem(args: argparse.Namespace) -> str | None:
@@ -335,11 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="invsr-bench: %(message)s")
     try:
-        with warnings_as_lines():
+        with terminate_like_interrupt(), warnings_as_lines():
             return Bench(args, argv).run()
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from invsr_runtime.tempfiles import atomic_write
+
 from .report import PAPER_A100_MS, STAGE_TITLES, TABLE_STAGES
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def latency_vs_steps(report: dict[str, Any], path: Path) -> Path | None:
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=110, format="png"))
     plt.close(fig)
     logger.info("wrote %s", path)
     return path

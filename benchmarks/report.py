@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from invsr_runtime.tempfiles import atomic_write
+
 from . import flops
 from .runners import STAGES
 
@@ -115,5 +117,5 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
     """report.json (strict JSON, indented)."""
-    path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    data = (json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n").encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from invsr_runtime.signals import exit_code, terminate_like_interrupt
+
 PROG = "invsr-models"
 
 
@@ -41,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     from invsr_train.models.download import DownloadError
 
     try:
-        return _download(args) if args.command == "download" else _verify(args.dir)
+        with terminate_like_interrupt():
+            return _download(args) if args.command == "download" else _verify(args.dir)
     except (BundleError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if _usage_error(e) else 1
-    except KeyboardInterrupt:
-        print("error: interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"error: {exc or 'interrupted'}: run the same command again to resume", file=sys.stderr)
+        return exit_code(exc)
 
 
 def _usage_error(e: Exception) -> bool:
