@@ -3,15 +3,24 @@
 The reference is the LR image upsampled with antialiased bicubic (from the un-padded LR, so it lines
 up with the output). `wavelet` keeps the output's high frequencies and the reference's low frequencies
 (5 levels of a dilated 3x3 [1,2,1] blur); `ycbcr` keeps the output's luma and the reference's chroma.
+
+The runtime applies the fix band by band (`ColorFixStream`) as the streaming blender emits rows: the
+reference rows come from the sparse bicubic taps, and since the blur is linear (replicate padding
+included), out_high + ref_low == out + low(ref - out), one decomposition per band, computed over the
+band plus `WAVELET_HALO` rows on each side (5 levels, dilations 1..16: 1+2+4+8+16 = 31 rows).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .resize import bicubic_resize
+from typing import Callable
+
+from .resize import bicubic_resize, resize_taps
 
 COLOR_FIXES = ("none", "wavelet", "ycbcr")
 WAVELET_LEVELS = 5
+#: Rows a wavelet low band reads on each side of a row: the sum of the dilations 2**i.
+WAVELET_HALO = sum(2**i for i in range(WAVELET_LEVELS))
 
 # BT.601 full range, offsets of 0.5 on Cb/Cr for values in [0, 1].
 _RGB_TO_YCBCR = np.array(
@@ -84,3 +93,144 @@ def apply_color_fix(out_hwc: np.ndarray, reference_hwc: np.ndarray, method: str)
                          "shape: build the reference with color_reference(lr, scale)")
     fixed = _wavelet_fix(out_hwc, reference_hwc) if method == "wavelet" else _ycbcr_fix(out_hwc, reference_hwc)
     return np.clip(fixed, 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ band by band
+class ReferenceRows:
+    """Rows of `color_reference(lr, scale)` on demand, planar float32 (C, n, scale*w), from sparse taps.
+
+    Columns are resized first, on just the LR rows a band reads, then rows are gathered (whole rows,
+    contiguous), which keeps a band's cost proportional to its own size."""
+
+    def __init__(self, lr_hwc: np.ndarray, scale: int = 4) -> None:
+        h, w = lr_hwc.shape[:2]
+        self.lr = np.asarray(lr_hwc, dtype=np.float32).transpose(2, 0, 1)  # a view when already float32
+        rows_index, rows_weight = resize_taps(h, h * scale, antialias=True)
+        cols_index, cols_weight = resize_taps(w, w * scale, antialias=True)
+        self.rows_index, self.rows_weight = rows_index, rows_weight.astype(np.float32)
+        self.cols_index, self.cols_weight = cols_index.T.copy(), cols_weight.T.astype(np.float32)
+
+    def rows(self, start: int, stop: int, col_start: int = 0, col_stop: int | None = None) -> np.ndarray:
+        """Reference rows [start, stop), columns [col_start, col_stop)."""
+        index, weight = self.rows_index[start:stop], self.rows_weight[start:stop]
+        first, last = int(index.min()), int(index.max()) + 1
+        lr = self.lr[:, first:last]
+        cols_index, cols_weight = self.cols_index[:, col_start:col_stop], self.cols_weight[:, col_start:col_stop]
+        wide = lr[:, :, cols_index[0]] * cols_weight[0]
+        for idx, wgt in zip(cols_index[1:], cols_weight[1:]):
+            wide += lr[:, :, idx] * wgt
+        index = index - first
+        out = wide[:, index[:, 0]] * weight[None, :, 0, None]
+        for k in range(1, index.shape[1]):
+            out += wide[:, index[:, k]] * weight[None, :, k, None]
+        return out
+
+
+def _blur_planar(x: np.ndarray, d: int, edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """`_blur` on a planar block (C, n, m), separably. A side that is the image's edge (top, bottom, left,
+    right) is replicate-padded; any other side consumes d of the block's own extra rows/columns."""
+    top, bottom, left, right = (d if edge else 0 for edge in edges)
+    p = np.pad(x, ((0, 0), (top, bottom), (left, right)), mode="edge") if top or bottom or left or right else x
+    v = p[:, :-2 * d] + p[:, 2 * d:]
+    mid = p[:, d:-d]
+    v += mid
+    v += mid
+    out = v[:, :, :-2 * d] + v[:, :, 2 * d:]
+    mid = v[:, :, d:-d]
+    out += mid
+    out += mid
+    out *= 1.0 / 16.0
+    return out
+
+
+def wavelet_low(x: np.ndarray, edges: tuple[bool, bool, bool, bool], levels: int = WAVELET_LEVELS) -> np.ndarray:
+    """The low band of a planar block (C, n, m); each side that is not an image edge (top, bottom, left,
+    right) loses WAVELET_HALO rows / columns."""
+    for i in range(levels):
+        x = _blur_planar(x, 2**i, edges)
+    return x
+
+
+def _ycbcr_matrix() -> np.ndarray:
+    """K with ycbcr_fix(out, ref) == out + K (ref - out) for RGB: the chroma part of the reference's colour."""
+    keep_chroma = np.diag([0.0, 1.0, 1.0])
+    return (_YCBCR_TO_RGB @ keep_chroma @ _RGB_TO_YCBCR).astype(np.float32)
+
+
+class ColorFixStream:
+    """Colour fix of a streamed image: push output rows in order (planar float32); the fixed image goes to
+    `sink(block, row, col)` in planar float32 blocks (which the sink may modify).
+
+    Both fixes are out + F(ref - out) with F linear: the wavelet low band (so a row is fixed once the
+    WAVELET_HALO rows below it have arrived) or a 3x3 colour matrix (`ycbcr`, row by row). The work goes
+    in blocks of `block` columns (+ halo), so its scratch memory does not grow with the image.
+    Call `finish()` after the last rows.
+    """
+
+    def __init__(self, lr_hwc: np.ndarray, scale: int, method: str, sink: Callable[[np.ndarray, int, int], None],
+                 block: int = 512) -> None:
+        if method not in COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {method!r}: use one of {', '.join(COLOR_FIXES)}")
+        self.method, self.sink, self.block = method, sink, max(1, block)
+        self.height, self.width = lr_hwc.shape[0] * scale, lr_hwc.shape[1] * scale
+        self.halo = WAVELET_HALO if method == "wavelet" else 0
+        self.reference = ReferenceRows(lr_hwc, scale) if method != "none" else None
+        self._ycbcr = _ycbcr_matrix()
+        self._held: np.ndarray | None = None  # wavelet: rows [_start, _end) in a rolling buffer
+        self._start = 0  # first held row
+        self._end = 0  # one past the last pushed row
+        self._done = 0  # rows [0, _done) went to the sink
+
+    def push(self, rows: np.ndarray) -> None:
+        """The next rows of the blended output (C, n, W); the caller may reuse `rows` afterwards."""
+        n = rows.shape[1]
+        self._end += n
+        if self.method == "none":
+            self.sink(rows, self._done, 0)
+            self._done = self._end
+        elif self.method == "ycbcr":
+            self._start = self._end - n
+            self._fix(self._end, rows)
+        else:
+            self._hold(rows)
+            ready = self._end - self.halo if self._end < self.height else self._end
+            self._fix(ready, self._held[:, :self._end - self._start])
+            keep = max(self._start, self._done - self.halo)  # rows the next band still reads
+            kept = self._held[:, keep - self._start:self._end - self._start]
+            self._held[:, :kept.shape[1]] = kept.copy() if keep > self._start else kept
+            self._start = keep
+
+    def _hold(self, rows: np.ndarray) -> None:
+        """Append rows to the rolling buffer (grown only when a band is taller than any before)."""
+        used, n = self._end - rows.shape[1] - self._start, rows.shape[1]
+        if self._held is None or self._held.shape[1] < used + n:
+            grown = np.empty((rows.shape[0], used + n + 2 * self.halo, self.width), dtype=np.float32)
+            if self._held is not None:
+                grown[:, :used] = self._held[:, :used]
+            self._held = grown
+        self._held[:, used:used + n] = rows
+
+    def finish(self) -> None:
+        """Check that every row went through (all rows must have been pushed)."""
+        if self._done != self.height:
+            raise ValueError(f"colour fix got {self._end} of {self.height} rows: push every row before finish()")
+
+    def _fix(self, ready: int, held: np.ndarray) -> None:
+        """Fix rows [_done, ready) from `held` (rows [_start, _end)) and send them to the sink."""
+        if ready <= self._done:
+            return
+        first, last, halo = self._done, ready, self.halo
+        lo, hi = max(0, first - halo), min(self.height, last + halo)
+        out = held[:, lo - self._start:hi - self._start]
+        for c0 in range(0, self.width, self.block):
+            c1 = min(self.width, c0 + self.block)
+            cl, cr = max(0, c0 - halo), min(self.width, c1 + halo)
+            diff = self.reference.rows(lo, hi, cl, cr) - out[:, :, cl:cr]
+            if self.method == "wavelet":
+                low = wavelet_low(diff, (lo == 0, hi == self.height, cl == 0, cr == self.width))
+                r0, k0 = (first if lo == 0 else first - lo - halo), (c0 if cl == 0 else c0 - cl - halo)
+                correction = low[:, r0:r0 + last - first, k0:k0 + c1 - c0]
+            else:
+                correction = np.einsum("ij,jnm->inm", self._ycbcr, diff)
+            self.sink(np.add(out[:, first - lo:last - lo, c0:c1], correction), first, c0)
+        self._done = last

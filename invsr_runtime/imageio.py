@@ -66,7 +66,10 @@ def require_finite(values: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class Picture:
-    """A decoded image: RGB float32 HxWx3 in [0, 1] + optional alpha HxW + how to give it back."""
+    """A decoded image: RGB HxWx3 + optional alpha HxW + how to give it back.
+
+    `rgb` is float32 in [0, 1] when decoded; an upscaled result may hold uint8 / uint16 instead (the
+    runtime assembles big outputs directly in their final bit depth); `as_float01` reads either."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None
@@ -81,19 +84,34 @@ class Picture:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def as_float01(img: np.ndarray) -> np.ndarray:
+    """An image as float32 in [0, 1]: uint8 / uint16 scaled by their maximum, floats as they are."""
+    if img.dtype == np.uint8 or img.dtype == np.uint16:
+        return img.astype(np.float32) * np.float32(1.0 / np.iinfo(img.dtype).max)
+    return np.asarray(img, dtype=np.float32)
+
+
 def to_uint8(img01: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] -> uint8 with rounding."""
+    """Float image in [0, 1] -> uint8 with rounding (uint8 passes through, uint16 is rounded down to 8 bits)."""
+    if img01.dtype == np.uint8:
+        return img01
+    if img01.dtype == np.uint16:
+        return ((img01.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return (np.clip(img01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def to_uint16(img01: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] -> uint16 with rounding."""
+    """Float image in [0, 1] -> uint16 with rounding (uint16 passes through, uint8 is widened exactly)."""
+    if img01.dtype == np.uint16:
+        return img01
+    if img01.dtype == np.uint8:
+        return img01.astype(np.uint16) * 257
     return (np.clip(img01, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
 def luma(rgb01: np.ndarray) -> np.ndarray:
-    """HxWx3 RGB -> HxW gray with Pillow's weights (so gray in -> gray out matches Image.convert("L"))."""
-    return np.asarray(rgb01, dtype=np.float32) @ _LUMA
+    """HxWx3 RGB -> HxW gray in [0, 1] with Pillow's weights (gray in -> gray out matches Image.convert("L"))."""
+    return as_float01(rgb01) @ _LUMA
 
 
 def _gray_to_rgb(gray01: np.ndarray) -> np.ndarray:
@@ -152,8 +170,8 @@ def picture_to_pil(pic: Picture) -> Image.Image:
         y = to_uint8(luma(pic.rgb))
         im = Image.fromarray(y) if pic.alpha is None else Image.fromarray(np.stack([y, to_uint8(pic.alpha)], axis=2))
     else:
-        arr = pic.rgb if pic.alpha is None else np.concatenate([pic.rgb, pic.alpha[..., None]], axis=2)
-        im = Image.fromarray(to_uint8(arr))
+        rgb = to_uint8(pic.rgb)
+        im = Image.fromarray(rgb if pic.alpha is None else np.concatenate([rgb, to_uint8(pic.alpha)[..., None]], axis=2))
     if pic.icc_profile:
         im.info["icc_profile"] = pic.icc_profile
     return im
@@ -197,13 +215,14 @@ def picture_to_array(pic: Picture, layout: ArrayLayout) -> np.ndarray:
     """The Picture in the layout and dtype of the original array."""
     base = [luma(pic.rgb)[..., None]] if layout.channels <= 2 else [pic.rgb]
     if layout.channels in (2, 4):
+        base = [as_float01(base[0])]
         base.append(pic.alpha[..., None] if pic.alpha is not None else np.ones_like(base[0][..., :1]))
-    x = np.concatenate(base, axis=2)
+    x = np.concatenate(base, axis=2) if len(base) > 1 else base[0]
     if layout.squeeze:
         x = x[..., 0]
     if layout.dtype.kind == "u":  # uint8 / uint16 in the input's byte order
         return (to_uint8(x) if layout.dtype.itemsize == 1 else to_uint16(x)).astype(layout.dtype)
-    return np.clip(x, 0.0, 1.0).astype(layout.dtype)
+    return np.clip(as_float01(x), 0.0, 1.0).astype(layout.dtype)
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -291,7 +310,7 @@ def adapt_for_format(pic: Picture, fmt: str) -> tuple[Picture, list[str]]:
         pic = replace(pic, bits=8)
     if fmt == "jpg" and pic.alpha is not None:
         a = pic.alpha[..., None]
-        pic = replace(pic, rgb=pic.rgb * a + (1.0 - a), alpha=None)
+        pic = replace(pic, rgb=as_float01(pic.rgb) * a + (1.0 - a), alpha=None)
         notes.append("JPEG has no alpha channel: flattened onto white (use --format png or webp to keep it)")
     if fmt == "webp" and pic.gray:
         pic = replace(pic, rgb=_gray_to_rgb(luma(pic.rgb)), gray=False)

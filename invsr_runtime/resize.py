@@ -86,3 +86,31 @@ def bicubic_resize(img_hwc: np.ndarray, out_h: int, out_w: int, antialias: bool)
     rows = (wh @ x.reshape(h, w * c)).reshape(out_h, w, c)  # BLAS matmuls, one per axis
     out = ww @ rows.transpose(1, 0, 2).reshape(w, out_h * c)
     return np.ascontiguousarray(out.reshape(out_w, out_h, c).transpose(1, 0, 2), dtype=np.float32)
+
+
+def resize_taps(in_size: int, out_size: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `resize_weights` in sparse form: (index [out, K] int64, weight [out, K] float64).
+
+    Output pixel i is sum_k weight[i, k] * input[index[i, k]]; unused taps have weight 0. Built without
+    the dense (out x in) matrix, so one band of a very large resize costs only its own rows.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be >= 1, got in={in_size} out={out_size}: pass a non-empty image and size")
+    scale = in_size / out_size
+    if not antialias:
+        src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+        base = np.floor(src)
+        offsets = np.arange(-1, 3)
+        index = np.clip(base.astype(np.int64)[:, None] + offsets, 0, in_size - 1)
+        return index, _cubic((src - base)[:, None] - offsets, _A_PLAIN)
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size, dtype=np.float64) + 0.5)
+    lo = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size)
+    taps = lo[:, None] + np.arange(int((hi - lo).max()))
+    valid = taps < hi[:, None]
+    weight = np.where(valid, _cubic((taps - center[:, None] + 0.5) * inv_scale, _A_ANTIALIAS), 0.0)
+    total = weight.sum(axis=1, keepdims=True)
+    weight = np.divide(weight, total, out=weight.copy(), where=total != 0.0)
+    return np.where(valid, taps, lo[:, None]), weight  # unused taps point at a used one (weight 0)

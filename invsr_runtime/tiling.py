@@ -105,6 +105,16 @@ def extract_tiles(padded_hwc: np.ndarray, plan: TilePlan, indices: Sequence[int]
     return np.stack(tiles) if tiles else np.empty((0, t, t, padded_hwc.shape[2]), padded_hwc.dtype)
 
 
+def gaussian_kernel_1d(size: int) -> np.ndarray:
+    """The 1-D factor of `gaussian_weight` (float64, length `size`)."""
+    sig = 0.3 * ((size - 1) / 2 - 1) + 0.8
+    n = size + 1 if size % 2 == 0 else size
+    x = np.arange(n, dtype=np.float64) - (n - 1) * 0.5
+    g = np.exp((-0.5 / (sig * sig)) * x * x)
+    g *= 1.0 / g.sum()
+    return g[1:] if n != size else g
+
+
 def gaussian_weight(size: int) -> np.ndarray:
     """2-D Gaussian blending weight, float64 size x size, sigma = 0.3*((size-1)/2 - 1) + 0.8 (77.15 px for 512).
 
@@ -113,18 +123,16 @@ def gaussian_weight(size: int) -> np.ndarray:
     before the geometric centre, and the weight is not mirror-symmetric. The 2-D weight is the outer
     product of that 1-D kernel with itself.
     """
-    sig = 0.3 * ((size - 1) / 2 - 1) + 0.8
-    n = size + 1 if size % 2 == 0 else size
-    x = np.arange(n, dtype=np.float64) - (n - 1) * 0.5
-    g = np.exp((-0.5 / (sig * sig)) * x * x)
-    g *= 1.0 / g.sum()
-    if n != size:
-        g = g[1:]
+    g = gaussian_kernel_1d(size)
     return np.outer(g, g)
 
 
 class TileBlender:
-    """Accumulates upscaled tiles with Gaussian weights and returns the blended, cropped image."""
+    """Accumulates upscaled tiles with Gaussian weights and returns the blended, cropped image.
+
+    The whole-image float64 definition of the blend (the released code's arithmetic), kept as the
+    oracle that `invsr_runtime.blend.StreamingBlender` (what the runtime uses) is tested against.
+    """
 
     def __init__(self, plan: TilePlan, channels: int) -> None:
         self.plan = plan

@@ -7,6 +7,10 @@
 The result has the input's type and form: a PIL image comes back in the same kind of mode (gray stays
 gray, alpha is upscaled separately with bicubic and re-attached, 16-bit gray stays 16-bit); a numpy
 array comes back with the same dtype (uint8, uint16, float in [0, 1]) and channel layout.
+
+Tiles go through the tile scheduler (`invsr_runtime.scheduler`): host work overlaps device work, the
+blend streams, and `devices=[0, 1]` opens one backend per GPU. `Upscaler.backend` may be replaced by any
+object with the backend contract (docs/INTERFACES.md, "The backend contract"), e.g. a simulated device.
 """
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ from .backends import Backend, open_backend
 from .budget import DEFAULT_MAX_PIXELS, check_image_size
 from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
 from .manifest import Manifest, load_manifest
-from .pnp import ProgressFn, upscale_rgb
 from .resize import bicubic_resize
 from .schedule import Schedule, make_schedule, resolve_timesteps
+from .scheduler import ProgressFn, TileScheduler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,43 +65,87 @@ def schedule_for(manifest: Manifest, steps: int | None = 1,
     return make_schedule(resolved, np.asarray(manifest.alphas_cumprod, dtype=np.float64))
 
 
+def queue_depth_for(tile_batch: int | None, engine_batch: int) -> int:
+    """Engine batches queued between scheduler stages: enough for `tile_batch` tiles (default 2)."""
+    if tile_batch is None:
+        return 2
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
+    return max(1, -(-tile_batch // engine_batch))
+
+
+def output_dtype(pic: Picture) -> str:
+    """The dtype a Picture's result is assembled in: its own bit depth (8 -> uint8, 16 -> uint16)."""
+    return "uint16" if pic.bits == 16 else "uint8"
+
+
 class Upscaler:
     """InvSR x4 super-resolution from an engine folder (ONNX Runtime or TensorRT), no PyTorch needed.
 
-    `tile_batch`: tiles cut, run and blended per round (memory knob), rounded up to a multiple of the
-    engines' fixed batch; default one engine batch. `max_pixels`: larger images are refused with
-    `budget.ImageTooLarge` before any memory is taken (default 4096 x 4096; None: no limit).
-    `backend_options` go to the backend (e.g. `providers=[...]` for ONNX Runtime,
-    `use_cuda_graph=False` for TensorRT).
+    `tile_batch`: tiles queued between the scheduler's stages (memory knob), in engine batches, default
+    two batches. `devices`: GPU ids, one backend each (the scheduler spreads batches over them).
+    `max_pixels`: larger images are refused with `budget.ImageTooLarge` before any memory is taken
+    (default 4096 x 4096; None: no limit). `backend_options` go to the backend (e.g. `providers=[...]`
+    for ONNX Runtime, `use_cuda_graph=False` for TensorRT).
     """
 
     def __init__(self, engine_dir: str | Path, backend: str = "auto", tile_batch: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **backend_options: Any) -> None:
+                 devices: Sequence[int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 **backend_options: Any) -> None:
         tile_batch = check_int("tile_batch", tile_batch, 1, optional=True)
         self.max_pixels = check_int("max_pixels", max_pixels, 0, optional=True)
         self.folder = Path(engine_dir)
         self.manifest: Manifest = load_manifest(self.folder)
-        self.backend: Backend = open_backend(self.folder, self.manifest, backend, **backend_options)
-        self.tile_batch = tile_batch
+        self.backends: list[Backend] = []
+        try:
+            for device in (devices or [None]):
+                extra = {} if device is None else {"device": int(device)}
+                self.backends.append(open_backend(self.folder, self.manifest, backend, **backend_options, **extra))
+        except BaseException:
+            self.close()
+            raise
+        self.backend: Backend = self.backends[0]
+        self.queue_depth = queue_depth_for(tile_batch, self.backend.batch)
 
     @property
     def scale(self) -> int:
         """Upscaling factor (4)."""
         return int(self.manifest.scale)
 
+    @property
+    def chains(self) -> list[Any]:
+        """What the scheduler runs on: every device's backend, or just `backend` if it was replaced."""
+        return self.backends if self.backends and self.backend is self.backends[0] else [self.backend]
+
+    def scheduler(self) -> TileScheduler:
+        """A tile scheduler over this folder's backends (the caller closes it); for streams of images."""
+        return TileScheduler(self.chains, queue_depth=self.queue_depth)
+
     def schedule(self, steps: int | None = None, timesteps: Sequence[int] | str | None = None) -> Schedule:
         """The validated schedule for this folder (see `schedule_for`)."""
         return schedule_for(self.manifest, steps, timesteps)
 
-    def upscale_picture(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,
-                        on_tiles: ProgressFn | None = None) -> Picture:
-        """Upscale a decoded Picture (RGB through the network, alpha with bicubic)."""
+    def request(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,
+                on_tiles: ProgressFn | None = None, out_dtype: str | None = None) -> Any:
+        """The scheduler request for a Picture's RGB (`out_dtype` default: the picture's bit depth);
+        `budget.ImageTooLarge` above `max_pixels`."""
         seed = check_int("seed", seed, 0)
         check_image_size(*pic.size, self.max_pixels, self.scale, flag="max_pixels")
-        rgb = upscale_rgb(self.backend, pic.rgb, schedule, color_fix=color_fix, seed=seed,
-                          tile_batch=self.tile_batch, on_tiles=on_tiles)
+        return TileScheduler.request(pic.rgb, schedule, color_fix, seed, out_dtype or output_dtype(pic), on_tiles)
+
+    def finish_picture(self, pic: Picture, rgb: np.ndarray) -> Picture:
+        """The upscaled Picture from its upscaled RGB (alpha upscaled here with bicubic)."""
         alpha = upscale_alpha(pic.alpha, self.scale) if pic.alpha is not None else None
         return replace(pic, rgb=rgb, alpha=alpha)
+
+    def upscale_picture(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,
+                        on_tiles: ProgressFn | None = None, out_dtype: str | None = None) -> Picture:
+        """Upscale a decoded Picture (RGB through the network, alpha with bicubic); the RGB comes back as
+        `out_dtype` (default: uint8, or uint16 for 16-bit pictures; "float32" for [0, 1] floats)."""
+        request = self.request(pic, schedule, color_fix, seed, on_tiles, out_dtype)
+        with self.scheduler() as scheduler:
+            rgb = scheduler.submit_request(request).result()
+        return self.finish_picture(pic, rgb)
 
     def upscale(self, image: ImageLike, steps: int = 1, timesteps: Sequence[int] | str | None = None,
                 color_fix: str = "none", seed: int = 0, on_tiles: ProgressFn | None = None) -> ImageLike:
@@ -114,15 +162,18 @@ class Upscaler:
             return self.upscale_picture(image, schedule, color_fix, seed, on_tiles)
         if isinstance(image, np.ndarray):
             pic, layout = picture_from_array(image)
-            return picture_to_array(self.upscale_picture(pic, schedule, color_fix, seed, on_tiles), layout)
+            dtype = np.dtype(layout.dtype).name if np.dtype(layout.dtype).name in ("uint8", "uint16") else "float32"
+            out = self.upscale_picture(pic, schedule, color_fix, seed, on_tiles, out_dtype=dtype)
+            return picture_to_array(out, layout)
         if hasattr(image, "getbands") and hasattr(image, "mode"):
             out = self.upscale_picture(picture_from_pil(image), schedule, color_fix, seed, on_tiles)
             return picture_to_pil(out)
         raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
 
     def close(self) -> None:
-        """Release the backend's sessions / device memory."""
-        self.backend.close()
+        """Release the backends' sessions / device memory."""
+        for backend in {id(b): b for b in [*self.backends, getattr(self, "backend", None)] if b is not None}.values():
+            backend.close()
 
     def __enter__(self) -> "Upscaler":
         return self

@@ -61,15 +61,30 @@ def choose_providers(available: Sequence[str], folder: Path, requested: Sequence
     return providers + ["CPUExecutionProvider"]
 
 
+def on_device(providers: list, device: int | None) -> list:
+    """Providers with the GPU ones pinned to `device` (`--devices`); BackendError when none can be."""
+    if device is None:
+        return providers
+    pinned = []
+    for provider in providers:
+        name, options = provider if isinstance(provider, tuple) else (provider, {})
+        pinned.append((name, {**options, "device_id": int(device)}) if name in _GPU_PROVIDERS else provider)
+    if pinned == providers:
+        raise BackendError(f"device {device} asked for, but ONNX Runtime runs on {providers[0]} here: "
+                           "install onnxruntime-gpu, or leave out --devices")
+    return pinned
+
+
 class OnnxRuntimeBackend(ArrayBackend):
     """The tile chain on ONNX Runtime sessions, one per graph."""
 
     name = "onnxruntime"
 
-    def __init__(self, folder: str | Path, manifest: Manifest, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, folder: str | Path, manifest: Manifest, providers: Sequence[str] | None = None,
+                 device: int | None = None) -> None:
         super().__init__(folder, manifest)
         ort = _import_ort()
-        self.providers = choose_providers(ort.get_available_providers(), self.folder, providers)
+        self.providers = on_device(choose_providers(ort.get_available_providers(), self.folder, providers), device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

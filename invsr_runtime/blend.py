@@ -1,0 +1,154 @@
+"""Streaming Gaussian blend of upscaled tiles: output rows leave as soon as no later tile touches them.
+
+The blend is the one of `tiling.TileBlender` (the whole-image float64 definition), computed so that
+memory does not grow with the image:
+
+- the normalisation is applied once, up front: the tile grid is a Cartesian product, so the summed
+  weight at (Y, X) is Wy(Y) * Wx(X) and each tile is added with the already-normalised weight
+  (g / Wy) x (g / Wx); no weight canvas, no division at the end;
+- float32 accumulation in a ring of `tile*scale` rows x the padded width, planar (C, rows, cols), which
+  is exactly what is in flight: once tile row r is complete, every row above tile row r+1's top is
+  final and goes to the sink, and its ring rows are reused;
+- tiles may arrive in any order (several devices); they are applied in tile-index order, so the sums,
+  and therefore the bytes, never depend on batching, order or device count.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .tiling import TilePlan, gaussian_kernel_1d
+
+#: sink(rows): the next rows of the cropped output, planar float32 (C, n, scale*lr_w), top to bottom;
+#: `rows` may be a view of the blender's buffer: valid (and free to modify) only during the call.
+RowSink = Callable[[np.ndarray], None]
+
+
+def _axis_weights(starts: list[int], length: int, kernel: np.ndarray) -> list[np.ndarray]:
+    """Per tile start along one axis: the kernel divided by the summed kernels of all tiles there."""
+    total = np.zeros(length, dtype=np.float64)
+    for s in starts:
+        total[s:s + kernel.size] += kernel
+    return [kernel / total[s:s + kernel.size] for s in starts]
+
+
+def _classes(vectors: list[np.ndarray]) -> list[int]:
+    """Index of each vector among the distinct ones (interior tiles share their normalised weights)."""
+    seen: dict[bytes, int] = {}
+    return [seen.setdefault(v.tobytes(), len(seen)) for v in vectors]
+
+
+class StreamingBlender:
+    """Blends the tiles of one TilePlan (tile outputs planar, C x S x S) and streams the cropped rows."""
+
+    def __init__(self, plan: TilePlan, sink: RowSink, channels: int = 3) -> None:
+        self.plan, self.sink, self.channels = plan, sink, channels
+        s = plan.scale
+        self.size = plan.tile * s
+        self._ys = sorted({y for y, _ in plan.origins})
+        self._xs = sorted({x for _, x in plan.origins})
+        kernel = gaussian_kernel_1d(self.size)
+        self._wy = _axis_weights([y * s for y in self._ys], plan.padded_h * s, kernel)
+        self._wx = _axis_weights([x * s for x in self._xs], plan.padded_w * s, kernel)
+        self._cy, self._cx = _classes(self._wy), _classes(self._wx)
+        self._weight_key: tuple[int, int] | None = None
+        self._w2d = np.empty((self.size, self.size), dtype=np.float32)
+        self._ring = np.zeros((channels, self.size, plan.padded_w * s), dtype=np.float32)
+        self._scratch = np.empty((channels, self.size, self.size), dtype=np.float32)
+        self._pending: dict[int, np.ndarray] = {}
+        self._next = 0
+        self._final = 0  # padded output rows [0, _final) have gone to the sink
+        top, left = plan.pad[0][0] * s, plan.pad[1][0] * s
+        self._rows = (top, top + plan.lr_h * s)
+        self._cols = slice(left, left + plan.lr_w * s)
+
+    @property
+    def done(self) -> bool:
+        """True once every tile was added and every output row emitted."""
+        return self._next == self.plan.num_tiles
+
+    def add(self, index: int, tile_chw: np.ndarray) -> None:
+        """Add the output of tile `index` (C x S x S float32); tiles are applied in index order."""
+        if tile_chw.shape != (self.channels, self.size, self.size):
+            raise ValueError(f"tile {index} output has shape {tile_chw.shape}, "
+                             f"expected {(self.channels, self.size, self.size)}")
+        if not self._next <= index < self.plan.num_tiles or index in self._pending:
+            raise ValueError(f"tile {index} added twice or out of range (0..{self.plan.num_tiles - 1})")
+        self._pending[index] = tile_chw
+        while self._next in self._pending:
+            self._apply(self._next, self._pending.pop(self._next))
+            self._next += 1
+
+    def _weight(self, r: int, c: int) -> np.ndarray:
+        """The normalised 2-D weight of tile (r, c); rebuilt only when it differs from the previous tile's."""
+        key = (self._cy[r], self._cx[c])
+        if key != self._weight_key:
+            np.multiply(self._wy[r][:, None], self._wx[c][None, :], out=self._w2d, casting="same_kind")
+            self._weight_key = key
+        return self._w2d
+
+    def _ring_pieces(self, start: int, stop: int) -> list[tuple[slice, slice]]:
+        """(ring rows, offset rows) covering padded output rows [start, stop) (at most one wrap)."""
+        pieces, pos = [], start
+        while pos < stop:
+            ring = pos % self.size
+            n = min(stop - pos, self.size - ring)
+            pieces.append((slice(ring, ring + n), slice(pos - start, pos - start + n)))
+            pos += n
+        return pieces
+
+    def _apply(self, index: int, tile: np.ndarray) -> None:
+        r, c = divmod(index, len(self._xs))
+        s, y, x = self.plan.scale, self._ys[r] * self.plan.scale, self._xs[c] * self.plan.scale
+        np.multiply(tile, self._weight(r, c), out=self._scratch)
+        for ring, offset in self._ring_pieces(y, y + self.size):
+            view = self._ring[:, ring, x:x + self.size]
+            np.add(view, self._scratch[:, offset], out=view)
+        if c == len(self._xs) - 1:  # tile row r complete: rows above the next tile row are final
+            last = r == len(self._ys) - 1
+            self._emit(self.plan.padded_h * s if last else self._ys[r + 1] * s)
+
+    def _emit(self, stop: int) -> None:
+        start, (top, bottom) = self._final, self._rows
+        lo, hi = max(start, top), min(stop, bottom)
+        step = max(1, self.size // 2)  # at most half a tile per call keeps the sinks' buffers small
+        for ring, _ in self._ring_pieces(lo, hi) if lo < hi else []:
+            for first in range(ring.start, ring.stop, step):
+                self.sink(self._ring[:, first:min(first + step, ring.stop), self._cols])
+        for ring, _ in self._ring_pieces(start, stop):
+            self._ring[:, ring] = 0.0
+        self._final = stop
+
+
+def blend_tiles(plan: TilePlan, tiles_chw: np.ndarray) -> np.ndarray:
+    """All tiles at once ([N, C, S, S]) -> the cropped blend, planar float32 (a convenience for tests/tools)."""
+    rows: list[np.ndarray] = []
+    blender = StreamingBlender(plan, lambda r: rows.append(r.copy()), channels=tiles_chw.shape[1])
+    for index, tile in enumerate(tiles_chw):
+        blender.add(index, np.asarray(tile, dtype=np.float32))
+    return np.concatenate(rows, axis=1)
+
+
+#: Output dtypes the assembler writes directly: float32 in [0, 1], or 8 / 16-bit integers.
+OUTPUT_DTYPES = ("float32", "uint8", "uint16")
+
+
+class ImageAssembler:
+    """Writes streamed planar float blocks into the final HxWxC image of `dtype`, clipped (and rounded for
+    integers exactly as `imageio.to_uint8` / `to_uint16` do), so no float copy of the whole output exists."""
+
+    def __init__(self, height: int, width: int, channels: int = 3, dtype: str | np.dtype = "float32") -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype.name not in OUTPUT_DTYPES:
+            raise ValueError(f"output dtype {self.dtype} not supported: use one of {', '.join(OUTPUT_DTYPES)}")
+        self.image = np.empty((height, width, channels), dtype=self.dtype)
+
+    def __call__(self, block: np.ndarray, row: int, col: int = 0) -> None:
+        """Put a planar (C, n, m) float32 block (modified in place) at (row, col)."""
+        n, m = block.shape[1:]
+        np.clip(block, 0.0, 1.0, out=block)
+        if self.dtype != np.float32:
+            block *= float(np.iinfo(self.dtype).max)
+            block += 0.5
+        self.image[row:row + n, col:col + m] = block.transpose(1, 2, 0)

@@ -1,0 +1,421 @@
+"""The tile scheduler: images in, full engine batches of tiles through one or more backends, images out.
+
+    host thread      cut tiles + tile_noise, pack engine batches (tiles of consecutive images share one)
+      -> queue (queue_depth batches)
+    one thread per backend (device): run_chain, which releases the GIL while the device works
+      -> queue (queue_depth batches)
+    blend thread     StreamingBlender -> ColorFixStream -> ImageAssembler per image; resolves its future
+
+So while a device runs batch k, the host prepares batch k+1 and blends batch k-1. The queue depth is
+the memory bound (batches in flight = 2 * queue_depth + one per device). The scheduler owns the queues
+and nothing else: backends are plain executors (`TileChain`) and stay the caller's to close.
+
+Results never depend on the scheduling: each tile's noise is `tile_noise(seed, tile index within its
+image)` and the blender applies an image's tiles in index order, so any engine batch, batch sharing,
+submission order or number of devices gives the same bytes. Only the last batch before the scheduler
+would otherwise wait is padded (fixed-batch engines): a partial batch waits for the next image while
+an open `map` stream promises more or while the devices still have queued work.
+
+    with TileScheduler([backend], queue_depth=2) as scheduler:
+        image = scheduler.submit(lr_rgb, schedule, color_fix="wavelet", seed=0, out_dtype="uint8").result()
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from .blend import ImageAssembler, StreamingBlender
+from .colorfix import COLOR_FIXES, ColorFixStream
+from .noise import tile_noise
+from .schedule import Schedule
+from .tiling import TilePlan, plan_tiles
+
+logger = logging.getLogger(__name__)
+
+#: on_tiles(done, total): progress of one image, called from the blend thread after each batch.
+ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """One image to upscale: RGB HxWx3 in [0, 1] and how."""
+
+    image: np.ndarray
+    schedule: Schedule
+    color_fix: str = "none"
+    seed: int = 0
+    out_dtype: str = "float32"
+    on_tiles: ProgressFn | None = None
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since the scheduler started (device seconds per backend, in order)."""
+
+    images: int = 0
+    tiles: int = 0
+    batches: int = 0
+    padded_tiles: int = 0
+    device_seconds: list[float] = field(default_factory=list)
+
+
+def pad_planar(image: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """`pad_image` straight into planar (C, H, W) float32: one allocation when no centring is needed."""
+    (top, bottom), (left, right) = plan.centre_pad
+    planar = image.transpose(2, 0, 1)
+    if top or bottom or left or right:
+        planar = np.pad(planar, ((0, 0), (top, bottom), (left, right)), mode="reflect")
+    extra_h, extra_w = plan.padded_h - planar.shape[1], plan.padded_w - planar.shape[2]
+    return np.ascontiguousarray(np.pad(planar, ((0, 0), (0, extra_h), (0, extra_w)), mode="reflect"))
+
+
+class _Job:
+    """One image in flight: its padded planar LR on the host side, its blend on the other."""
+
+    def __init__(self, request: TileRequest, tile: int, scale: int) -> None:
+        image = request.image
+        self.seed, self.schedule, self.on_tiles = request.seed, request.schedule, request.on_tiles
+        self.future: Future = Future()
+        self.plan: TilePlan = plan_tiles(image.shape[0], image.shape[1], tile=tile, scale=scale)
+        self.padded: np.ndarray | None = pad_planar(image, self.plan)
+        (top, _), (left, _) = self.plan.pad
+        lr = self.padded[:, top:top + image.shape[0], left:left + image.shape[1]].transpose(1, 2, 0)
+        h, w = image.shape[0] * scale, image.shape[1] * scale
+        self.assembler: ImageAssembler | None = ImageAssembler(h, w, 3, request.out_dtype)
+        self.color: ColorFixStream | None = ColorFixStream(lr, scale, request.color_fix, self.assembler)
+        self.blender: StreamingBlender | None = StreamingBlender(self.plan, self.color.push)
+        self.done = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.future.done()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+        self.padded = self.assembler = self.color = self.blender = None
+
+    def add(self, index: int, tile_chw: np.ndarray) -> None:
+        self.blender.add(index, tile_chw)
+        self.done += 1
+
+    def finish_if_done(self) -> bool:
+        if self.done < self.plan.num_tiles or self.failed:
+            return False
+        self.color.finish()
+        self.future.set_result(self.assembler.image)
+        self.padded = self.assembler = self.color = self.blender = None  # the result is all that stays
+        return True
+
+
+@dataclass
+class _Batch:
+    """One engine batch: (job, tile index) per slot, the first `real` of them real."""
+
+    entries: list[tuple[_Job, int]]
+    lr: np.ndarray
+    vae_noise: np.ndarray
+    pred_noise: np.ndarray
+    schedule: Schedule
+
+    @property
+    def real(self) -> int:
+        return len(self.entries)
+
+
+class _BatchBuilder:
+    """Fills the next engine batch tile by tile (cutting from the padded planar LR, drawing the noise)."""
+
+    def __init__(self, batch: int, tile: int, latent: int, fixed: bool) -> None:
+        self.batch, self.tile, self.latent, self.fixed = batch, tile, latent, fixed
+        self.entries: list[tuple[_Job, int]] = []
+        self.schedule: Schedule | None = None
+        self._new()
+
+    def _new(self) -> None:
+        b, t, lat = self.batch, self.tile, self.latent
+        self.lr = np.empty((b, 3, t, t), dtype=np.float32)
+        self.vae = np.empty((b, 4, lat, lat), dtype=np.float32)
+        self.pred = np.empty((b, 4, lat, lat), dtype=np.float32)
+
+    def add(self, job: _Job, index: int) -> None:
+        k, t = len(self.entries), self.tile
+        y, x = job.plan.origins[index]
+        self.lr[k] = job.padded[:, y:y + t, x:x + t]
+        self.vae[k], self.pred[k] = tile_noise(job.seed, index, (self.latent, self.latent))
+        self.entries.append((job, index))
+        self.schedule = job.schedule
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) == self.batch
+
+    def take(self) -> _Batch:
+        """The batch so far (padded by repeating its last tile on fixed-batch engines); starts a new one."""
+        n = len(self.entries)
+        lr, vae, pred = self.lr, self.vae, self.pred
+        if n < self.batch and self.fixed:
+            lr[n:], vae[n:], pred[n:] = lr[n - 1], vae[n - 1], pred[n - 1]
+        elif n < self.batch:
+            lr, vae, pred = lr[:n], vae[:n], pred[:n]
+        out = _Batch(self.entries, lr, vae, pred, self.schedule)
+        self.entries, self.schedule = [], None
+        self._new()
+        return out
+
+
+def _check_chains(chains: Sequence[Any]) -> tuple[int, int, int, bool]:
+    """The (batch, tile, scale, fixed_batch) that every backend must share."""
+    if not chains:
+        raise ValueError("TileScheduler needs at least one backend")
+    facts = {(int(c.batch), int(c.tile), int(c.scale), bool(getattr(c, "fixed_batch", True))) for c in chains}
+    if len(facts) != 1:
+        raise ValueError(f"backends differ in (batch, tile, scale, fixed_batch): {sorted(facts)}; "
+                         "open them all from one engine folder")
+    return facts.pop()
+
+
+class TileScheduler:
+    """Turns images into engine batches for one or more backends and routes the blended images back.
+
+    `submit()` is thread-safe (concurrent requests); `map()` streams a sequence with look-ahead.
+    `queue_depth` batches wait between stages (the memory bound); `close()` drains and stops the threads.
+    """
+
+    def __init__(self, chains: Sequence[Any] | Any, queue_depth: int = 2, poll_s: float = 0.002) -> None:
+        self.chains = list(chains) if isinstance(chains, (list, tuple)) else [chains]
+        self.batch, self.tile, self.scale, self.fixed_batch = _check_chains(self.chains)
+        if queue_depth < 1:
+            raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
+        self.queue_depth, self._poll = queue_depth, poll_s
+        self.stats = SchedulerStats(device_seconds=[0.0] * len(self.chains))
+        self._jobs: queue.Queue = queue.Queue()
+        self._work: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._done: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._lock = threading.Lock()
+        self._streams = 0
+        self._closed = False
+        self._workers_left = len(self.chains)
+        self._threads = [threading.Thread(target=self._feed, name="invsr-host", daemon=True),
+                         threading.Thread(target=self._blend, name="invsr-blend", daemon=True)]
+        self._threads += [threading.Thread(target=self._run, args=(i,), name=f"invsr-device{i}", daemon=True)
+                          for i in range(len(self.chains))]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------------------------------ public
+    def submit(self, image: np.ndarray, schedule: Schedule, color_fix: str = "none", seed: int = 0,
+               out_dtype: str = "float32", on_tiles: ProgressFn | None = None) -> "Future[np.ndarray]":
+        """Queue one RGB HxWx3 image in [0, 1]; the future gives the (scale*H)x(scale*W)x3 `out_dtype` image."""
+        return self.submit_request(self.request(image, schedule, color_fix, seed, out_dtype, on_tiles))
+
+    @staticmethod
+    def request(image: np.ndarray, schedule: Schedule, color_fix: str = "none", seed: int = 0,
+                out_dtype: str = "float32", on_tiles: ProgressFn | None = None) -> TileRequest:
+        """A validated TileRequest (ValueError with the fix otherwise)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"expected an RGB image of shape HxWx3, got {image.shape}")
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {color_fix!r}: use one of {', '.join(COLOR_FIXES)}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if image.dtype != np.float32 or not (image.min() >= 0.0 and image.max() <= 1.0):
+            image = np.clip(image.astype(np.float32), 0.0, 1.0)  # our own copy; a valid float32 image is only read
+        return TileRequest(image, schedule, color_fix, int(seed), str(np.dtype(out_dtype)), on_tiles)
+
+    def map(self, items: Iterable[T], to_request: Callable[[T], TileRequest],
+            ahead: int = 3) -> Iterator[tuple[T, "Future[np.ndarray]"]]:
+        """Stream `items` through the scheduler in order: (item, finished future) pairs.
+
+        `to_request` (e.g. decode a file) runs on a producer thread, at most `ahead` images ahead of
+        the consumer, so decoding the next image and encoding the previous one overlap device work.
+        While the producer is decoding, a partial engine batch waits for its tiles; while it waits on
+        the consumer, the batch goes as it is (padded) once the devices have nothing else queued.
+        An exception from `to_request` is that item's future's exception.
+        """
+        slots = threading.Semaphore(max(1, ahead))
+        pending: queue.Queue = queue.Queue()
+        stopping = threading.Event()
+        with self._lock:
+            self._check_open()
+            self._streams += 1
+
+        def produce() -> None:
+            try:
+                for item in items:
+                    if not slots.acquire(blocking=False):  # waiting on the consumer: promise nothing meanwhile
+                        with self._lock:
+                            self._streams -= 1
+                        slots.acquire()
+                        with self._lock:
+                            self._streams += 1
+                    if stopping.is_set():
+                        break
+                    try:
+                        future = self.submit_request(to_request(item))
+                    except BaseException as exc:  # noqa: BLE001 - the item's own failure, routed to it
+                        future = Future()
+                        future.set_exception(exc)
+                    pending.put((item, future))
+            except BaseException as exc:  # noqa: BLE001 - a broken iterator ends the stream
+                pending.put((_STOP, exc))
+            finally:
+                with self._lock:
+                    self._streams -= 1
+                pending.put((_STOP, None))
+
+        producer = threading.Thread(target=produce, name="invsr-decode", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item, future = pending.get()
+                if item is _STOP:
+                    if future is not None:
+                        raise future
+                    break
+                try:
+                    future.exception()  # wait for it
+                    yield item, future
+                finally:
+                    slots.release()
+        finally:  # also when the consumer stops early: the producer takes no further item
+            stopping.set()
+            slots.release()
+            producer.join()
+
+    def close(self) -> None:
+        """Finish queued work, stop the threads (idempotent). Backends are not closed."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._jobs.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+
+    def __enter__(self) -> "TileScheduler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------- internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the TileScheduler is closed: create a new one")
+
+    def _enqueue(self, request: TileRequest) -> "Future[np.ndarray]":
+        job = _Job(request, self.tile, self.scale)
+        with self._lock:
+            self._check_open()
+            self._jobs.put(job)
+        return job.future
+
+    def _next_job(self, partial: bool) -> Any:
+        """The next job; with a partial batch waiting, None when waiting longer would idle a device."""
+        if not partial:
+            return self._jobs.get()
+        while True:
+            try:
+                return self._jobs.get(timeout=self._poll)
+            except queue.Empty:
+                if self._streams == 0 and self._work.empty():
+                    return None
+
+    def _feed(self) -> None:
+        builder = _BatchBuilder(self.batch, self.tile, self.tile * self.scale // 8, self.fixed_batch)
+        while True:
+            job = self._next_job(partial=bool(builder.entries))
+            if job is None or job is _STOP:
+                if builder.entries:
+                    self._put_batch(builder.take())
+                if job is _STOP:
+                    break
+                continue
+            if builder.entries and builder.schedule != job.schedule:
+                self._put_batch(builder.take())  # one schedule per engine call
+            try:
+                for index in range(job.plan.num_tiles):
+                    if job.failed:
+                        break
+                    builder.add(job, index)
+                    if builder.full:
+                        self._put_batch(builder.take())
+            except Exception as exc:  # noqa: BLE001 - this image fails, the others go on
+                logger.debug("host stage failed", exc_info=True)
+                job.fail(exc)
+            job.padded = None
+        for _ in self.chains:
+            self._work.put(_STOP)
+
+    def _put_batch(self, batch: _Batch) -> None:
+        self.stats.batches += 1
+        self.stats.padded_tiles += self.batch - batch.real if self.fixed_batch else 0
+        self._work.put(batch)
+
+    def _run(self, device: int) -> None:
+        chain = self.chains[device]
+        while True:
+            batch = self._work.get()
+            if batch is _STOP:
+                break
+            start = time.perf_counter()
+            try:
+                out, error = chain.run_chain(batch.lr, batch.vae_noise, batch.pred_noise, batch.schedule), None
+            except Exception as exc:  # noqa: BLE001 - routed to the images of this batch
+                out, error = None, exc
+            self.stats.device_seconds[device] += time.perf_counter() - start
+            batch.lr = batch.vae_noise = batch.pred_noise = None  # inputs are not needed any more
+            self._done.put((batch, out, error))
+        with self._lock:
+            self._workers_left -= 1
+            last = self._workers_left == 0
+        if last:
+            self._done.put(_STOP)
+
+    def _blend(self) -> None:
+        while True:
+            item = self._done.get()
+            if item is _STOP:
+                break
+            batch, out, error = item
+            touched: dict[int, _Job] = {}
+            for k, (job, index) in enumerate(batch.entries):
+                if job.failed:
+                    continue
+                try:
+                    if error is not None:
+                        raise error
+                    job.add(index, np.asarray(out[k], dtype=np.float32))
+                    touched[id(job)] = job
+                    self.stats.tiles += 1
+                except Exception as exc:  # noqa: BLE001 - routed to this image
+                    job.fail(exc)
+            for job in touched.values():
+                self._progress(job)
+
+    def _progress(self, job: _Job) -> None:
+        callback = job.on_tiles
+        try:
+            if callback is not None:
+                callback(job.done, job.plan.num_tiles)
+            if job.finish_if_done():
+                self.stats.images += 1
+        except Exception as exc:  # noqa: BLE001 - routed to this image
+            job.fail(exc)
+
+
+def run_one(chains: Sequence[Any] | Any, request: TileRequest, queue_depth: int = 2) -> np.ndarray:
+    """Upscale one image on a scheduler of its own (started and closed here)."""
+    with TileScheduler(chains, queue_depth=queue_depth) as scheduler:
+        return scheduler._enqueue(request).result()
