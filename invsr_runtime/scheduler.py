@@ -314,7 +314,8 @@ class TileScheduler:
         if self._closed:
             raise RuntimeError("the TileScheduler is closed: create a new one")
 
-    def _enqueue(self, request: TileRequest) -> "Future[np.ndarray]":
+    def submit_request(self, request: TileRequest) -> "Future[np.ndarray]":
+        """Queue a request made by `request()`; its future gives the upscaled image."""
         job = _Job(request, self.tile, self.scale)
         with self._lock:
             self._check_open()
@@ -418,4 +419,4 @@ class TileScheduler:
 def run_one(chains: Sequence[Any] | Any, request: TileRequest, queue_depth: int = 2) -> np.ndarray:
     """Upscale one image on a scheduler of its own (started and closed here)."""
     with TileScheduler(chains, queue_depth=queue_depth) as scheduler:
-        return scheduler._enqueue(request).result()
+        return scheduler.submit_request(request).result()

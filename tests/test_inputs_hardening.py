@@ -210,7 +210,7 @@ def test_memory_estimate_matches_what_upscaling_allocates(upscaler):
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    estimate = upscale_memory_bytes(96, 80)
+    estimate = upscale_memory_bytes(96, 80, tile=upscaler.backend.tile, batch=upscaler.backend.batch)
     assert 0.75 * peak <= estimate <= 1.25 * peak, (estimate, peak)
 
 
