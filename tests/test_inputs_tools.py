@@ -217,3 +217,21 @@ def test_probe_photo_tile_counts_are_bounded(tmp_path, flag, count, ok):
     else:
         with pytest.raises(ExportOptionError, match=rf"{flag} must be 1\.\.1024, got {count}: .* held in memory"):
             check_options(opts)
+
+
+def test_training_outputs_respect_the_umask(photos, tiny_base, tmp_path):
+    """Checkpoints, noise_predictor.pth and config.yaml get 0666 & ~umask, like any file the user writes."""
+    import stat
+
+    from invsr_train import checkpointing as ckpt
+    from invsr_train.trainer import PREDICTOR_FILE
+
+    over = tiny(photos, **{"data.crop": 32, "loss.lpips_weight": 0.0, "loss.gan_weight": 0.0,
+                           "train.batch_size": 1, "train.max_steps": 1})
+    mask = os.umask(0o022)
+    try:
+        train(over, tmp_path, tiny_base)
+    finally:
+        os.umask(mask)
+    for path in (ckpt.checkpoint_path(tmp_path, 1), tmp_path / PREDICTOR_FILE, tmp_path / "config.yaml"):
+        assert oct(stat.S_IMODE(path.stat().st_mode)) == oct(0o644), path.name
