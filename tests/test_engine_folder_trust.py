@@ -178,10 +178,10 @@ def test_symlinks_inside_and_a_symlinked_folder_are_fine(folder, tmp_path):
     assert load_manifest(link).components["unet"].file == "unet.onnx"
 
 
-@pytest.mark.parametrize("kind", ["fifo", "folder", "newline name", "dangling"])
+@pytest.mark.parametrize("kind", ["fifo", "folder", "newline name", "dangling", "loop"])
 def test_odd_files_inside_are_refused_without_blocking(folder, kind):
-    """A FIFO would block an open, a folder is no graph, a newline would split the message."""
-    name = {"fifo": "unet.onnx", "folder": "unet.onnx", "newline name": "un\net.onnx", "dangling": "unet.onnx"}[kind]
+    """A FIFO would block an open, a folder is no graph, a newline would split the message, a loop never ends."""
+    name = "un\net.onnx" if kind == "newline name" else "unet.onnx"
     (folder / "unet.onnx").unlink()
     if kind == "fifo":
         os.mkfifo(folder / name)
@@ -189,6 +189,8 @@ def test_odd_files_inside_are_refused_without_blocking(folder, kind):
         (folder / name).mkdir()
     elif kind == "dangling":
         (folder / name).symlink_to("nowhere.onnx")
+    elif kind == "loop":
+        (folder / name).symlink_to("unet.onnx")
     edit(folder, _set("components.unet.file", name))
     refused(folder, "components.unet.file")
 
