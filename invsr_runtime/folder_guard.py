@@ -67,8 +67,8 @@ def resolve_inside(folder: str | os.PathLike, name: object, field: str) -> Path:
         raise ManifestError(f"{where} is an absolute path; an engine folder may only name files inside itself; {REBUILD}")
     if ".." in name.split("/"):
         raise ManifestError(f"{where} leads outside the engine folder (`..`); {REBUILD}")
-    pending = [p for p in reversed(name.split("/"))]
-    parts: list[str] = []
+    pending = list(reversed(name.split("/")))  # components still to walk (a link's target is pushed back)
+    parts: list[str] = []  # the real, link-free components walked so far, below the root
     links = 0
     while pending:
         part = pending.pop()
@@ -89,11 +89,10 @@ def resolve_inside(folder: str | os.PathLike, name: object, field: str) -> Path:
             if links > MAX_SYMLINKS:
                 raise ManifestError(f"{where}: too many symlinks; {REBUILD}")
             target = os.readlink(current)
-            if os.path.isabs(target):
-                inside = os.path.relpath(target, root) if target.startswith(root + os.sep) else None
-                if inside is None:
+            if os.path.isabs(target):  # restart from the root, if the target is under it at all
+                if not target.startswith(root + os.sep):
                     raise ManifestError(f"{where} is a symlink that leads outside the engine folder; {REBUILD}")
-                parts, target = [], inside
+                parts, target = [], target[len(root) + 1:]
             pending.extend(reversed(target.split("/")))
             continue
         if pending and not stat.S_ISDIR(info.st_mode):

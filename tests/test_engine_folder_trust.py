@@ -172,6 +172,8 @@ def test_symlinks_inside_and_a_symlinked_folder_are_fine(folder, tmp_path):
     (folder / "weights").mkdir()
     os.replace(folder / "unet.onnx", folder / "weights" / "unet.onnx")
     (folder / "unet.onnx").symlink_to("weights/unet.onnx")
+    os.replace(folder / "predictor.onnx", folder / "weights" / "predictor.onnx")
+    (folder / "predictor.onnx").symlink_to(folder.resolve() / "weights" / "predictor.onnx")  # absolute, inside
     (folder / "loop").symlink_to("loop")  # present but never named: harmless
     link = tmp_path / "engine-link"
     link.symlink_to(folder)
