@@ -23,7 +23,7 @@ from .outdir import outdir_problem
 from .run_options import RunOptionError, RunOptions, option_flag
 from .schedule import MAX_STEPS
 from .signals import exit_code, interruption, terminate_like_interrupt
-from .warning_lines import warnings_as_lines
+from .warning_lines import thread_subject, warnings_as_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-fix", default="none", choices=COLOR_FIXES, help="colour correction (default none)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (>= 0); same seed, same output (default 0)")
     p.add_argument("--tile-batch", type=int, default=None,
-                   help="tiles per round, rounded up to a multiple of the engine batch (default: the engine batch)")
+                   help="tiles queued between the scheduler's stages, in engine batches (memory; default 2 batches)")
+    p.add_argument("--devices", default=None, metavar="IDS",
+                   help="GPU ids, e.g. 0,1: one backend per device, tiles spread over them (default: one backend)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="default auto: what the folder holds")
     p.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default png)")
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="look for images in subfolders too")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images needing more memory than one of N pixels (default {DEFAULT_MAX_PIXELS:,} "
-                        "= 4096x4096, about 21 GiB; 0: no limit)")
+                        "= 4096x4096, about 1.4 GiB; 0: no limit)")
     return p
 
 
@@ -182,34 +184,41 @@ def _error(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-def _run_one(upscaler, job: Job, opts: RunOptions, schedule) -> float:
-    """Read, upscale and write one image (every frame of an animated one); returns seconds."""
-    from tqdm import tqdm
+@dataclass
+class _Decoded:
+    """A job's decoded frames, what the producer thread hands to the writer with the futures."""
 
-    from .imageio import encode_picture, read_frames, save_frames
+    frames: object
+    pictures: list
+    notes: list[str]
+    start: float
+    bars: list = field(default_factory=list)
 
+
+def _prepare(upscaler, job: Job, opts: RunOptions, schedule) -> tuple[_Decoded | None, list]:
+    """Producer side (overlaps device work): decode the job's frames, one scheduler request per frame."""
+    from .imageio import read_frames
+
+    if job.error is not None:
+        return None, []
     start = time.perf_counter()
-    frames = read_frames(job.src, max_pixels=opts.max_pixels, scale=upscaler.scale)
+    with thread_subject(str(job.src)):
+        frames = read_frames(job.src, max_pixels=opts.max_pixels, scale=upscaler.scale)
     pictures = frames.pictures if opts.format in MULTI_FRAME_FORMATS else frames.pictures[:1]
     notes: list[str] = []
     if len(pictures) < len(frames.pictures):
         notes.append(f"--format {opts.format} holds one frame: upscaled the first of {len(frames.pictures)} "
                      "(use --format png or webp to keep them all)")
-    encoded = []
+    decoded = _Decoded(frames, pictures, notes, start)
+    requests = []
     for k, pic in enumerate(pictures):
         label = job.src.name if len(pictures) == 1 else f"{job.src.name} [{k + 1}/{len(pictures)}]"
-        out = _upscale_with_bar(upscaler, pic, opts, schedule, label)
-        image, frame_notes = encode_picture(out, opts.format)
-        encoded.append(image)
-        notes += [n for n in frame_notes if n not in notes]
-    notes += save_frames(encoded, job.dst, opts.format, frames.durations, frames.loop)
-    for note in notes:
-        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
-    return time.perf_counter() - start
+        requests.append(upscaler.request(pic, schedule, opts.color_fix, opts.seed, _tile_bar(upscaler, label, decoded)))
+    return decoded, requests
 
 
-def _upscale_with_bar(upscaler, pic, opts: RunOptions, schedule, label: str):
-    """Upscale one Picture, with a tile progress bar when it takes more than one engine batch."""
+def _tile_bar(upscaler, label: str, decoded: _Decoded):
+    """on_tiles for one picture: a tile progress bar once it takes more than one engine batch."""
     from tqdm import tqdm
 
     bar = None
@@ -218,14 +227,33 @@ def _upscale_with_bar(upscaler, pic, opts: RunOptions, schedule, label: str):
         nonlocal bar
         if bar is None and total > upscaler.backend.batch:
             bar = tqdm(total=total, desc=label, unit="tile", leave=False, file=sys.stderr, disable=None)
+            decoded.bars.append(bar)
         if bar is not None:
             bar.update(done - bar.n)
 
+    return on_tiles
+
+
+def _write(upscaler, job: Job, decoded: _Decoded, futures: list, opts: RunOptions) -> float:
+    """Writer side (overlaps device work on the next images): finish, encode and save one job."""
+    from tqdm import tqdm
+
+    from .imageio import encode_picture, save_frames
+
     try:
-        return upscaler.upscale_picture(pic, schedule, color_fix=opts.color_fix, seed=opts.seed, on_tiles=on_tiles)
+        rgbs = [future.result() for future in futures]
     finally:
-        if bar is not None:
+        for bar in decoded.bars:
             bar.close()
+    encoded, notes = [], list(decoded.notes)
+    for pic, rgb in zip(decoded.pictures, rgbs):
+        image, frame_notes = encode_picture(upscaler.finish_picture(pic, rgb), opts.format)
+        encoded.append(image)
+        notes += [n for n in frame_notes if n not in notes]
+    notes += save_frames(encoded, job.dst, opts.format, decoded.frames.durations, decoded.frames.loop)
+    for note in notes:
+        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
+    return time.perf_counter() - decoded.start
 
 
 def _tqdm_line(line: str) -> None:
@@ -237,6 +265,8 @@ def _tqdm_line(line: str) -> None:
 def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally) -> None:
     """Run every job, counting into `tally`; one failure never stops the others.
 
+    The jobs stream through the upscaler's tile scheduler: the next images are decoded and the previous
+    ones encoded and written while the devices run, and tiles of consecutive images share engine batches.
     Two inputs with the same output (a.jpg, a.png) are decided here: the first one that is written
     wins and the later ones fail, so an unreadable a.jpg does not block a good a.png.
     """
@@ -244,29 +274,40 @@ def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally)
 
     from .imageio import ImageReadError
 
+    if upscaler is None:
+        for job in jobs:
+            _error(job.error or f"{job.src}: not run")
+            tally.failed += 1
+        return
     written: dict[Path, Path] = {}
-    for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr, disable=None):
-        if job.error is None and job.dst is not None and job.dst.resolve() in written:
-            job.error = (f"{job.src}: output {job.dst} was already written from {written[job.dst.resolve()]}; "
-                         "rename one of them")
-        if job.error is not None:
-            _error(job.error)
-            tally.failed += 1
-            continue
-        try:
-            with warnings_as_lines(str(job.src), write=_tqdm_line):
-                tally.seconds.append(_run_one(upscaler, job, opts, schedule))
-            tally.done += 1
-            written[job.dst.resolve()] = job.src
-        except ImageReadError as exc:
-            _error(str(exc))
-            tally.failed += 1
-        except Exception as exc:  # noqa: BLE001 - report the image, carry on with the others
-            if (stop := interruption(exc)) is not None:
-                raise stop from None  # a library's clean-up failed on the signal's way out: stop
-            first = (str(exc).strip().splitlines() or ["failed"])[0]
-            _error(f"{job.src}: {type(exc).__name__}: {first}")
-            tally.failed += 1
+    bar = tqdm(total=len(jobs), desc="images", unit="img", file=sys.stderr, disable=None)
+    with warnings_as_lines(write=_tqdm_line), upscaler.scheduler() as scheduler:
+        for job, decoded, futures in scheduler.stream(jobs, lambda j: _prepare(upscaler, j, opts, schedule)):
+            bar.update(1)
+            if job.error is None and job.dst is not None and job.dst.resolve() in written:
+                job.error = (f"{job.src}: output {job.dst} was already written from {written[job.dst.resolve()]}; "
+                             "rename one of them")
+            if job.error is not None:
+                _error(job.error)
+                tally.failed += 1
+                continue
+            try:
+                if isinstance(decoded, BaseException):
+                    raise decoded
+                with warnings_as_lines(str(job.src), write=_tqdm_line):
+                    tally.seconds.append(_write(upscaler, job, decoded, futures, opts))
+                tally.done += 1
+                written[job.dst.resolve()] = job.src
+            except ImageReadError as exc:
+                _error(str(exc))
+                tally.failed += 1
+            except Exception as exc:  # noqa: BLE001 - report the image, carry on with the others
+                if (stop := interruption(exc)) is not None:
+                    raise stop from None  # a library's clean-up failed on the signal's way out: stop
+                first = (str(exc).strip().splitlines() or ["failed"])[0]
+                _error(f"{job.src}: {type(exc).__name__}: {first}")
+                tally.failed += 1
+    bar.close()
 
 
 def summary(tally: Tally, elapsed: float) -> str:
@@ -310,7 +351,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         if any(job.error is None for job in jobs):
             check_outdir(opts.out)
             upscaler = Upscaler(opts.engine_dir, backend=opts.backend, tile_batch=opts.tile_batch,
-                                max_pixels=opts.max_pixels or None)
+                                devices=opts.devices, max_pixels=opts.max_pixels or None)
     except (UsageError, ManifestError, BackendError) as exc:
         _error(str(exc))
         return EXIT_USAGE

@@ -43,8 +43,11 @@ class RunOptions:
     overwrite: bool = False
     recursive: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    devices: str | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.devices, str):
+            object.__setattr__(self, "devices", parse_devices(self.devices))
         object.__setattr__(self, "engine_dir", Path(self.engine_dir))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
@@ -59,6 +62,10 @@ class RunOptions:
             except (TypeError, ValueError) as exc:
                 detail = str(exc).removeprefix(f"{name} ")
                 raise RunOptionError(name, detail + (" (0: no limit)" if name == "max_pixels" else "")) from None
+        if self.devices is not None and (not self.devices or len(set(self.devices)) != len(self.devices)
+                                         or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
+                                                for d in self.devices)):
+            raise RunOptionError("devices", f"must be distinct GPU ids >= 0 such as 0,1, got {self.devices!r}")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise RunOptionError("steps", f"must be 1..{MAX_STEPS}, got {self.steps}")
         for name, value, choices in (("color_fix", self.color_fix, COLOR_FIXES),
@@ -75,6 +82,14 @@ class RunOptions:
             if key not in known:
                 raise RunOptionError(key, f"is not an option: use {', '.join(sorted(known))}")
         return RunOptions(**values)
+
+
+def parse_devices(text: str) -> tuple[int, ...]:
+    """ "0,1" -> (0, 1); RunOptionError naming --devices for anything else."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise RunOptionError("devices", f"must be comma-separated GPU ids such as 0,1, got {text!r}") from None
 
 
 def option_flag(option: str) -> str:

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -203,7 +203,7 @@ class TileScheduler:
         self._done: queue.Queue = queue.Queue(maxsize=queue_depth)
         self._lock = threading.Lock()
         self._streams = 0
-        self._closed = False
+        self._closed = self._cancelled = False
         self._workers_left = len(self.chains)
         self._threads = [threading.Thread(target=self._feed, name="invsr-host", daemon=True),
                          threading.Thread(target=self._blend, name="invsr-blend", daemon=True)]
@@ -237,11 +237,22 @@ class TileScheduler:
             ahead: int = 3) -> Iterator[tuple[T, "Future[np.ndarray]"]]:
         """Stream `items` through the scheduler in order: (item, finished future) pairs.
 
-        `to_request` (e.g. decode a file) runs on a producer thread, at most `ahead` images ahead of
+        `to_request` (e.g. decode a file) runs on a producer thread, at most `ahead` items ahead of
         the consumer, so decoding the next image and encoding the previous one overlap device work.
-        While the producer is decoding, a partial engine batch waits for its tiles; while it waits on
-        the consumer, the batch goes as it is (padded) once the devices have nothing else queued.
         An exception from `to_request` is that item's future's exception.
+        """
+        for item, context, futures in self.stream(items, lambda x: (None, [to_request(x)]), ahead):
+            if isinstance(context, BaseException):
+                futures = [Future()]
+                futures[0].set_exception(context)
+            yield item, futures[0]
+
+    def stream(self, items: Iterable[T], prepare: Callable[[T], tuple[Any, Sequence[TileRequest]]],
+               ahead: int = 3) -> Iterator[tuple[T, Any, list["Future[np.ndarray]"]]]:
+        """Like `map`, with any number of images per item: `prepare(item)` -> (context, requests) runs on
+        the producer thread; yields (item, context, finished futures) in order, or (item, exception, [])
+        when `prepare` raised. While the producer is preparing, a partial engine batch waits for its
+        tiles; while it waits on the consumer, the batch goes as it is once the devices have nothing queued.
         """
         slots = threading.Semaphore(max(1, ahead))
         pending: queue.Queue = queue.Queue()
@@ -262,30 +273,31 @@ class TileScheduler:
                     if stopping.is_set():
                         break
                     try:
-                        future = self.submit_request(to_request(item))
+                        context, requests = prepare(item)
+                        futures = [self.submit_request(r) for r in requests]
                     except BaseException as exc:  # noqa: BLE001 - the item's own failure, routed to it
-                        future = Future()
-                        future.set_exception(exc)
-                    pending.put((item, future))
+                        context, futures = exc, []
+                    pending.put((item, context, futures))
             except BaseException as exc:  # noqa: BLE001 - a broken iterator ends the stream
-                pending.put((_STOP, exc))
+                pending.put((_STOP, exc, []))
             finally:
                 with self._lock:
                     self._streams -= 1
-                pending.put((_STOP, None))
+                pending.put((_STOP, None, []))
 
         producer = threading.Thread(target=produce, name="invsr-decode", daemon=True)
         producer.start()
         try:
             while True:
-                item, future = pending.get()
+                item, context, futures = pending.get()
                 if item is _STOP:
-                    if future is not None:
-                        raise future
+                    if context is not None:
+                        raise context
                     break
                 try:
-                    future.exception()  # wait for it
-                    yield item, future
+                    for future in futures:
+                        future.exception()  # wait for it
+                    yield item, context, futures
                 finally:
                     slots.release()
         finally:  # also when the consumer stops early: the producer takes no further item
@@ -293,12 +305,14 @@ class TileScheduler:
             slots.release()
             producer.join()
 
-    def close(self) -> None:
-        """Finish queued work, stop the threads (idempotent). Backends are not closed."""
+    def close(self, cancel: bool = False) -> None:
+        """Finish queued work (`cancel`: fail queued images instead), stop the threads (idempotent).
+        Backends are not closed."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._cancelled = cancel
         self._jobs.put(_STOP)
         for thread in self._threads:
             thread.join()
@@ -306,8 +320,8 @@ class TileScheduler:
     def __enter__(self) -> "TileScheduler":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(cancel=exc_type is not None)
 
     # ---------------------------------------------------------------------------------- internals
     def _check_open(self) -> None:
@@ -345,6 +359,9 @@ class TileScheduler:
                 continue
             if builder.entries and builder.schedule != job.schedule:
                 self._put_batch(builder.take())  # one schedule per engine call
+            if self._cancelled:
+                job.fail(CancelledError("the scheduler was closed before this image ran"))
+                continue
             try:
                 for index in range(job.plan.num_tiles):
                     if job.failed:

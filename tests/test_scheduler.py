@@ -262,3 +262,43 @@ print((peak - base) / (out.shape[0] * out.shape[1]))
         per_pixel = float(res.stdout.strip().splitlines()[-1])
         print(f"colour fix {fix}: {per_pixel:.2f} bytes per output pixel above the loaded runtime")
         assert per_pixel <= 8.0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def toy_engine(tmp_path_factory):
+    from test_runtime_toyengine import build_toy_engine
+
+    return build_toy_engine(tmp_path_factory.mktemp("toy") / "engine", tile=16, batch=3)
+
+
+def test_folder_run_streams_with_the_same_bytes_as_single_runs(toy_engine, tmp_path):
+    """invsr-run on a folder (batches shared across images, decode/encode overlapped) writes the same
+    files as one run per image, in any order."""
+    from PIL import Image
+
+    from invsr_runtime.cli import run
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, (h, w) in enumerate([(20, 24), (9, 40), (33, 17)]):
+        Image.fromarray((_image(h, w, k) * 255).astype(np.uint8)).save(src / f"{k}.png")
+    assert run([str(toy_engine), str(src), "-o", str(tmp_path / "all"), "--seed", "3"]) == 0
+    for name in ("2.png", "0.png", "1.png"):
+        assert run([str(toy_engine), str(src / name), "-o", str(tmp_path / "one"), "--seed", "3"]) == 0
+        assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_devices_option(toy_engine, tmp_path, capsys):
+    from invsr_runtime.cli import EXIT_USAGE, run
+
+    (tmp_path / "a.png").write_bytes(b"")
+    assert run([str(toy_engine), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--devices", "0,x"]) == EXIT_USAGE
+    assert "--devices" in capsys.readouterr().err
+    assert run([str(toy_engine), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--devices", "1,1"]) == EXIT_USAGE
+    assert "distinct" in capsys.readouterr().err
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert run([str(toy_engine), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--devices", "0"]) == EXIT_USAGE
+        assert "onnxruntime-gpu" in capsys.readouterr().err

@@ -129,9 +129,10 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, folder: str | Path, manifest: Manifest, use_cuda_graph: bool = True) -> None:
+    def __init__(self, folder: str | Path, manifest: Manifest, use_cuda_graph: bool = True,
+                 device: int | None = None) -> None:
         super().__init__(folder, manifest)
-        self.use_cuda_graph = use_cuda_graph
+        self.use_cuda_graph, self.device = use_cuda_graph, device
         self.capture_error: BackendError | None = None
         self.buffers: dict[str, DeviceBuffer] = {}
         self.graphs: dict[tuple[int, int], tuple[Any, Any]] = {}
@@ -140,6 +141,7 @@ class TensorRTBackend(Backend):
         self.scratch, self.stream, self.runtime = 0, None, None
         self.trt = import_tensorrt()
         self.cudart = import_cudart()
+        self._use_device()
         gpu = gpu_info(self.cudart)  # also makes sure CUDA initialises before TensorRT touches it
         check_provenance(manifest.provenance, self.trt.__version__, gpu, self.folder)
         version_compatible = "version_compatible" in _flags(manifest.provenance).lower()
@@ -310,6 +312,7 @@ class TensorRTBackend(Backend):
     ) -> np.ndarray:
         if schedule.steps > MAX_STEPS:
             raise ValueError(f"at most {MAX_STEPS} steps, got {schedule.steps}")
+        self._use_device()  # CUDA's current device is per host thread: the scheduler calls from its own
         uploads = dict(schedule_uploads(schedule, self.batch, self.prompt_embeds),
                        lr=lr, vae_noise=vae_noise, pred_noise=pred_noise)
         for key, value in uploads.items():
@@ -317,6 +320,11 @@ class TensorRTBackend(Backend):
         self._launch(schedule.steps)
         image = self.buffers["image"].download(self.stream)  # synchronises: the pinned inputs are free again
         return image.astype(np.float32, copy=False)
+
+    def _use_device(self) -> None:
+        """Make `device` (`--devices`) this thread's current CUDA device."""
+        if self.device is not None:
+            call(self.cudart, self.cudart.cudaSetDevice(int(self.device)), f"cudaSetDevice({self.device})")
 
     def close(self) -> None:
         for graph, graph_exec in self.graphs.values():
