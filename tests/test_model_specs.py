@@ -199,6 +199,16 @@ def test_copied_hub_cache_revisions(turbo, tmp_path, monkeypatch):
     assert b.info["source"] == "hub-cache" and b.info["repo_id"] == "acme/tiny-turbo" and b.info["revision"] == COMMIT
 
 
+def test_copied_cache_without_refs_serves_the_hub_predictor(tmp_path, monkeypatch):
+    """``--predictor hub`` offline: OAOA/InvSR's file from a copied cache, even one downloaded by commit (no refs/)."""
+    saved = load_predictor("synthetic:tiny").save_checkpoint(tmp_path / "src" / PREDICTOR_FILE)
+    saved.with_suffix(".json").unlink()  # the hub holds the .pth only
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert "OAOA/InvSR/noise_predictor_sd_turbo_v5.pth is not in the hub cache" in _error("hub", predictor=True)
+    mf.make_hub_cache_repo(tmp_path / "hub", "OAOA/InvSR", saved.parent, COMMIT, refs={})
+    assert _same(load_predictor("hub"), load_predictor("synthetic:tiny"))
+
+
 def test_snapshot_copied_without_blobs(turbo, tmp_path):
     snapshot = mf.make_hub_cache_repo(tmp_path / "hub", "acme/tiny-turbo", turbo, COMMIT)
     copy = tmp_path / "copied-snapshot"
