@@ -283,3 +283,18 @@ def test_bundle_is_base_and_predictor(turbo, tiny_base, tmp_path):
     msg = _error(folder)
     assert "text_encoder/model.safetensors is 100 bytes, the lock file says" in msg and "invsr-models verify" in msg
     assert "text_encoder/model.safetensors" in _error(folder, predictor=True)
+
+
+def test_train_init_takes_a_bundle_folder(tmp_path, tiny_base):
+    """invsr-train --init accepts what --predictor accepts (here: a bundle folder)."""
+    from invsr_train.builders import TrainError, build_predictor
+    from invsr_train.config import TrainConfig
+
+    released = load_predictor("synthetic:tiny")
+    released.save_checkpoint(tmp_path / "models" / PREDICTOR_FILE)
+    cfg = TrainConfig().override({"model.init": str(tmp_path / "models")})
+    model = build_predictor(cfg, tiny_base)
+    assert model.training and _same(model, released)
+    with pytest.raises(TrainError) as err:
+        build_predictor(TrainConfig().override({"model.init": str(tmp_path / "nothing")}), tiny_base)
+    assert str(err.value).startswith("--init: noise predictor") and "bundle folder" in str(err.value)
