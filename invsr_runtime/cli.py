@@ -127,14 +127,17 @@ def plan_jobs(inputs: Sequence[str | Path], outdir: Path, fmt: str, recursive: b
                 raise UsageError(f"-o {outdir} is the input folder {path}: the outputs would mix with the inputs; "
                                  f"pass another output folder, e.g. -o {path / 'x4'}")
             images = _folder_images(path, recursive, out_resolved)
-            if not images:
+            if not os.access(path, os.R_OK | os.X_OK):
+                jobs.append(Job(path, error=f"{path}: this folder cannot be read (permission denied)"))
+            elif not images:
                 hint = "" if recursive else " (use --recursive for subfolders)"
                 jobs.append(Job(path, error=f"{path}: no images found in this folder{hint}"))
             pairs = [(src, outdir / src.relative_to(path).parent / (src.stem + suffix)) for src in images]
         elif path.is_file():
             pairs = [(path, outdir / (path.stem + suffix))]
         else:
-            jobs.append(Job(path, error=f"{path}: no such file or folder"))
+            what = "not a regular file (a device, pipe or socket)" if path.exists() else "no such file or folder"
+            jobs.append(Job(path, error=f"{path}: {what}"))
             continue
         for src, dst in pairs:  # the same path twice is one job (a symlink is a name of its own)
             key = Path(os.path.abspath(src))
