@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m invsr_export.demo --out $(DEMO)
 
-test: setup
+# The web page's test drives Debian's Chromium (no browser download): installed here when we may (root + apt).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "note: chromium + chromedriver are not installed: the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

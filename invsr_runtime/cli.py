@@ -13,17 +13,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .backends import BACKEND_CHOICES
 from .budget import DEFAULT_MAX_PIXELS
 from .colorfix import COLOR_FIXES
-from .imageio import IMAGE_SUFFIXES, MULTI_FRAME_FORMATS, OUTPUT_FORMATS
+from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
 from .outdir import outdir_problem
 from .run_options import RunOptionError, RunOptions, option_flag
 from .schedule import MAX_STEPS
 from .signals import exit_code, interruption, terminate_like_interrupt
-from .warning_lines import thread_subject, warnings_as_lines
+from .image_job import Job, prepare, write_result, failure_line
+from .warning_lines import warnings_as_lines
+
+if TYPE_CHECKING:
+    from .ray_job import RayOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -59,16 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images needing more memory than one of N pixels (default {DEFAULT_MAX_PIXELS:,} "
                         "= 4096x4096, about 1.4 GiB; 0: no limit)")
+    ray = p.add_argument_group("many machines (Ray Data; the `ray` extra)")
+    ray.add_argument("--ray", action="store_true", help="run the job as a Ray Data pipeline (inputs may be URIs)")
+    ray.add_argument("--address", default=None, help="Ray cluster: auto, ray://host:10001 (default: a new local one)")
+    ray.add_argument("--workers", type=int, default=1, help="upscaling workers (one Upscaler each; default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0: CPU)")
     return p
 
 
-@dataclass
-class Job:
-    """One input file and where its result goes (or why it cannot be done)."""
-
-    src: Path
-    dst: Path | None = None
-    error: str | None = None
+#: argparse destinations that are Ray settings, not RunOptions.
+RAY_FLAGS = ("ray", "address", "workers", "gpus_per_worker")
 
 
 @dataclass
@@ -84,14 +88,26 @@ class Tally:
 # ---------------------------------------------------------------------------------------- arguments
 def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
     """The command line as checked RunOptions; UsageError (naming the flag) otherwise."""
-    args = build_parser().parse_args(argv)
+    return parse_command(argv)[0]
+
+
+def parse_command(argv: Sequence[str] | None = None) -> tuple[RunOptions, "RayOptions | None"]:
+    """The command line as checked RunOptions and, with --ray, RayOptions; UsageError otherwise."""
+    from .ray_job import RayOptions
+
+    args = vars(build_parser().parse_args(argv))
+    ray = {name: args.pop(name) for name in RAY_FLAGS}
     try:
-        opts = RunOptions.from_mapping(vars(args))
+        opts = RunOptions.from_mapping(args)
+        ray_opts = RayOptions(address=ray["address"], workers=ray["workers"],
+                              gpus_per_worker=ray["gpus_per_worker"]) if ray["ray"] else None
     except RunOptionError as exc:
         raise UsageError(f"{option_flag(exc.option)} {exc.detail}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if opts.out.exists() and not opts.out.is_dir():
         raise UsageError(f"{opts.out}: exists and is not a folder; pass an output folder to -o")  # even with no work
-    return opts
+    return opts, ray_opts
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -127,17 +143,14 @@ def plan_jobs(inputs: Sequence[str | Path], outdir: Path, fmt: str, recursive: b
                 raise UsageError(f"-o {outdir} is the input folder {path}: the outputs would mix with the inputs; "
                                  f"pass another output folder, e.g. -o {path / 'x4'}")
             images = _folder_images(path, recursive, out_resolved)
-            if not os.access(path, os.R_OK | os.X_OK):
-                jobs.append(Job(path, error=f"{path}: this folder cannot be read (permission denied)"))
-            elif not images:
+            if not images:
                 hint = "" if recursive else " (use --recursive for subfolders)"
                 jobs.append(Job(path, error=f"{path}: no images found in this folder{hint}"))
             pairs = [(src, outdir / src.relative_to(path).parent / (src.stem + suffix)) for src in images]
         elif path.is_file():
             pairs = [(path, outdir / (path.stem + suffix))]
         else:
-            what = "not a regular file (a device, pipe or socket)" if path.exists() else "no such file or folder"
-            jobs.append(Job(path, error=f"{path}: {what}"))
+            jobs.append(Job(path, error=f"{path}: no such file or folder"))
             continue
         for src, dst in pairs:  # the same path twice is one job (a symlink is a name of its own)
             key = Path(os.path.abspath(src))
@@ -145,6 +158,21 @@ def plan_jobs(inputs: Sequence[str | Path], outdir: Path, fmt: str, recursive: b
                 seen.add(key)
                 jobs.append(Job(src, dst))
     return _refuse_overwriting_inputs(jobs)
+
+
+def plan_all(opts: RunOptions, uris: bool = False) -> list[Job]:
+    """Every job of a run: local files and folders (plan_jobs), plus URIs (s3://, file://, ...) with `uris`."""
+    local = [p for p in opts.inputs if "://" not in str(p)]
+    remote = [str(p) for p in opts.inputs if "://" in str(p)]
+    jobs = plan_jobs(local, opts.out, opts.format, opts.recursive) if local else []
+    if remote and not uris:
+        jobs += [Job(uri, error=f"{uri}: URIs are read by Ray Data jobs only; add --ray") for uri in remote]
+    elif remote:
+        from .ray_job import plan_uri_jobs
+
+        for uri in remote:
+            jobs += plan_uri_jobs(uri, opts.out, opts.format, opts.recursive)
+    return jobs
 
 
 def _refuse_overwriting_inputs(jobs: list[Job]) -> list[Job]:
@@ -187,78 +215,6 @@ def _error(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-@dataclass
-class _Decoded:
-    """A job's decoded frames, what the producer thread hands to the writer with the futures."""
-
-    frames: object
-    pictures: list
-    notes: list[str]
-    start: float
-    bars: list = field(default_factory=list)
-
-
-def _prepare(upscaler, job: Job, opts: RunOptions, schedule) -> tuple[_Decoded | None, list]:
-    """Producer side (overlaps device work): decode the job's frames, one scheduler request per frame."""
-    from .imageio import read_frames
-
-    if job.error is not None:
-        return None, []
-    start = time.perf_counter()
-    with thread_subject(str(job.src)):
-        frames = read_frames(job.src, max_pixels=opts.max_pixels, scale=upscaler.scale)
-    pictures = frames.pictures if opts.format in MULTI_FRAME_FORMATS else frames.pictures[:1]
-    notes: list[str] = []
-    if len(pictures) < len(frames.pictures):
-        notes.append(f"--format {opts.format} holds one frame: upscaled the first of {len(frames.pictures)} "
-                     "(use --format png or webp to keep them all)")
-    decoded = _Decoded(frames, pictures, notes, start)
-    requests = []
-    for k, pic in enumerate(pictures):
-        label = job.src.name if len(pictures) == 1 else f"{job.src.name} [{k + 1}/{len(pictures)}]"
-        requests.append(upscaler.request(pic, schedule, opts.color_fix, opts.seed, _tile_bar(upscaler, label, decoded)))
-    return decoded, requests
-
-
-def _tile_bar(upscaler, label: str, decoded: _Decoded):
-    """on_tiles for one picture: a tile progress bar once it takes more than one engine batch."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def on_tiles(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None and total > upscaler.backend.batch:
-            bar = tqdm(total=total, desc=label, unit="tile", leave=False, file=sys.stderr, disable=None)
-            decoded.bars.append(bar)
-        if bar is not None:
-            bar.update(done - bar.n)
-
-    return on_tiles
-
-
-def _write(upscaler, job: Job, decoded: _Decoded, futures: list, opts: RunOptions) -> float:
-    """Writer side (overlaps device work on the next images): finish, encode and save one job."""
-    from tqdm import tqdm
-
-    from .imageio import encode_picture, save_frames
-
-    try:
-        rgbs = [future.result() for future in futures]
-    finally:
-        for bar in decoded.bars:
-            bar.close()
-    encoded, notes = [], list(decoded.notes)
-    for pic, rgb in zip(decoded.pictures, rgbs):
-        image, frame_notes = encode_picture(upscaler.finish_picture(pic, rgb), opts.format)
-        encoded.append(image)
-        notes += [n for n in frame_notes if n not in notes]
-    notes += save_frames(encoded, job.dst, opts.format, decoded.frames.durations, decoded.frames.loop)
-    for note in notes:
-        tqdm.write(f"warning: {job.src}: {note}", file=sys.stderr)
-    return time.perf_counter() - decoded.start
-
-
 def _tqdm_line(line: str) -> None:
     from tqdm import tqdm
 
@@ -275,8 +231,6 @@ def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally)
     """
     from tqdm import tqdm
 
-    from .imageio import ImageReadError
-
     if upscaler is None:
         for job in jobs:
             _error(job.error or f"{job.src}: not run")
@@ -285,7 +239,7 @@ def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally)
     written: dict[Path, Path] = {}
     bar = tqdm(total=len(jobs), desc="images", unit="img", file=sys.stderr, disable=None)
     with warnings_as_lines(write=_tqdm_line), upscaler.scheduler() as scheduler:
-        for job, decoded, futures in scheduler.stream(jobs, lambda j: _prepare(upscaler, j, opts, schedule)):
+        for job, decoded, futures in scheduler.stream(jobs, lambda j: prepare(upscaler, j, opts, schedule)):
             bar.update(1)
             if job.error is None and job.dst is not None and job.dst.resolve() in written:
                 job.error = (f"{job.src}: output {job.dst} was already written from {written[job.dst.resolve()]}; "
@@ -298,17 +252,13 @@ def process(jobs: list[Job], upscaler, opts: RunOptions, schedule, tally: Tally)
                 if isinstance(decoded, BaseException):
                     raise decoded
                 with warnings_as_lines(str(job.src), write=_tqdm_line):
-                    tally.seconds.append(_write(upscaler, job, decoded, futures, opts))
+                    tally.seconds.append(write_result(upscaler, job, decoded, futures, opts))
                 tally.done += 1
                 written[job.dst.resolve()] = job.src
-            except ImageReadError as exc:
-                _error(str(exc))
-                tally.failed += 1
             except Exception as exc:  # noqa: BLE001 - report the image, carry on with the others
                 if (stop := interruption(exc)) is not None:
                     raise stop from None  # a library's clean-up failed on the signal's way out: stop
-                first = (str(exc).strip().splitlines() or ["failed"])[0]
-                _error(f"{job.src}: {type(exc).__name__}: {first}")
+                _error(failure_line(job, exc))
                 tally.failed += 1
     bar.close()
 
@@ -342,14 +292,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tally = Tally()
     try:
-        opts = parse_options(argv)
+        opts, ray_opts = parse_command(argv)
         manifest = load_manifest(opts.engine_dir)
         try:
             schedule = schedule_for(manifest, opts.steps, opts.timesteps)
         except ScheduleError as exc:
             raise UsageError(f"{'--timesteps' if opts.timesteps is not None else '--steps'}: {exc}") from None
-        jobs = plan_jobs(opts.inputs, opts.out, opts.format, opts.recursive)
+        jobs = plan_all(opts, uris=ray_opts is not None)
         jobs = _skip_existing(jobs, opts.overwrite, tally)
+        if ray_opts is not None:
+            return _run_on_ray(jobs, opts, ray_opts, tally, start)
         upscaler = None
         if any(job.error is None for job in jobs):
             check_outdir(opts.out)
@@ -359,6 +311,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     process(jobs, upscaler, opts, schedule, tally)
+    print(summary(tally, time.perf_counter() - start))
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def _run_on_ray(jobs: list[Job], opts: RunOptions, ray_opts: "RayOptions", tally: Tally, start: float) -> int:
+    """The same job as a Ray Data pipeline (invsr_runtime.ray_job); UsageError when Ray cannot be used."""
+    from .ray_job import RayJobError, run_job_on_ray
+
+    check_outdir(opts.out)
+    try:
+        run_job_on_ray(jobs, opts, ray_opts, tally, report=_error)
+    except RayJobError as exc:
+        raise UsageError(str(exc)) from None
     print(summary(tally, time.perf_counter() - start))
     return EXIT_FAILED if tally.failed else EXIT_OK
 

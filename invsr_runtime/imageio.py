@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import contextlib
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -48,7 +49,16 @@ MULTI_FRAME_FORMATS = frozenset({"png", "webp"})
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be read as an image (message names the file and the problem)."""
+    """A file that cannot be read as an image (message names the file and the problem).
+
+    `kind` says which problem, for callers that answer differently (an HTTP service: 413 / 415 / 422):
+    "missing", "empty", "unsupported" (not an image Pillow knows), "too_large" (over the pixel limit or
+    Pillow's bomb limit), "invalid" (NaN / inf samples) or "corrupt".
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class NonFiniteImage(ValueError):
@@ -236,29 +246,39 @@ class Frames:
 
 
 @contextlib.contextmanager
-def _decoding(path: Path) -> Iterator[Image.Image]:
-    """Open an image file; every decoding failure becomes one ImageReadError naming the file."""
+def _decoding(source: Path | bytes, name: str | None = None) -> Iterator[Image.Image]:
+    """Open an image file (a path) or its bytes; every decoding failure becomes one ImageReadError
+    naming the file (or `name` for bytes)."""
+    name = name or str(source)
     try:
-        if path.is_dir():
-            raise ImageReadError(f"{path}: is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageReadError(f"{path}: empty file")
-        with Image.open(path) as im:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageReadError(f"{name}: empty file", "empty")
+            stream = io.BytesIO(source)
+        else:
+            if source.is_dir():
+                raise ImageReadError(f"{name}: is a folder, not an image", "unsupported")
+            if source.stat().st_size == 0:
+                raise ImageReadError(f"{name}: empty file", "empty")
+            stream = source
+        with Image.open(stream) as im:
             yield im
     except ImageReadError:
         raise
-    except (ImageTooLarge, NonFiniteImage) as exc:
-        raise ImageReadError(f"{path}: {exc}") from None
+    except ImageTooLarge as exc:
+        raise ImageReadError(f"{name}: {exc}", "too_large") from None
+    except NonFiniteImage as exc:
+        raise ImageReadError(f"{name}: {exc}", "invalid") from None
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
+        raise ImageReadError(f"{name}: no such file", "missing") from None
     except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
+        raise ImageReadError(f"{name}: permission denied", "missing") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image (unknown or unsupported format)") from None
+        raise ImageReadError(f"{name}: not an image (unknown or unsupported format)", "unsupported") from None
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: too large to decode safely ({exc})") from None
+        raise ImageReadError(f"{name}: too large to decode safely ({exc})", "too_large") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, zlib.error...
-        raise ImageReadError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+        raise ImageReadError(f"{name}: corrupt or truncated image ({_reason(exc)})") from None
 
 
 def read_picture(path: str | os.PathLike, max_pixels: int | None = None, scale: int = 4) -> Picture:
@@ -274,18 +294,21 @@ def read_picture(path: str | os.PathLike, max_pixels: int | None = None, scale: 
         return picture_from_pil(im)
 
 
-def read_frames(path: str | os.PathLike, max_pixels: int | None = None, scale: int = 4) -> Frames:
-    """Every frame of an image file (one for stills); pages of another size than the first are dropped
-    with a warning. Errors and `max_pixels` as in `read_picture` (the estimate counts every frame)."""
-    path = Path(path)
-    with _decoding(path) as im:
+def read_frames(path: str | os.PathLike | bytes, max_pixels: int | None = None, scale: int = 4,
+                name: str | None = None) -> Frames:
+    """Every frame of an image file, or of its bytes (one for stills); pages of another size than the
+    first are dropped with a warning. Errors and `max_pixels` as in `read_picture` (the estimate counts
+    every frame); `name` names bytes in messages."""
+    path = path if isinstance(path, bytes) else Path(path)
+    name = name or str(path if not isinstance(path, bytes) else "image")
+    with _decoding(path, name) as im:
         count = max(1, int(getattr(im, "n_frames", 1)))
         check_image_size(im.height, im.width, max_pixels, scale, frames=count)
         size, pictures, durations = im.size, [], []
         for index, frame in enumerate(ImageSequence.Iterator(im)):
             if frame.size != size:
                 logger.warning("%s: frame %d is %dx%d, not %dx%d like the first: left out",
-                               path, index + 1, *frame.size, *size)
+                               name, index + 1, *frame.size, *size)
                 continue
             frame.load()
             durations.append(int(frame.info.get("duration", 0) or 0))
@@ -334,11 +357,19 @@ def _common_mode(images: list[Image.Image]) -> list[Image.Image]:
     return [im if im.mode == target else im.convert(target) for im in images]
 
 
-def save_frames(images: list[Image.Image], path: str | os.PathLike, fmt: str = "png",
-                durations: list[int] | None = None, loop: int | None = None) -> list[str]:
-    """Write one or more encoded frames atomically as one file (animated PNG / WebP when several)."""
+def frames_for_format(frames: Frames, fmt: str) -> tuple[list[Picture], list[str]]:
+    """The frames worth upscaling for output format `fmt` (all, or the first when it holds one frame)."""
+    if fmt in MULTI_FRAME_FORMATS or len(frames.pictures) == 1:
+        return frames.pictures, []
+    return frames.pictures[:1], [f"--format {fmt} holds one frame: upscaled the first of {len(frames.pictures)} "
+                                 "(use --format png or webp to keep them all)"]
+
+
+def _frame_save_args(images: list[Image.Image], fmt: str, durations: list[int] | None,
+                     loop: int | None) -> tuple[Image.Image, dict, list[str]]:
+    """(first image, Pillow save options, notes) that write `images` as one file of format `fmt`."""
     pil_format = OUTPUT_FORMATS[fmt][0]
-    options = dict(_SAVE_OPTIONS[pil_format])
+    options = dict(_SAVE_OPTIONS[pil_format], format=pil_format)
     if images[0].info.get("icc_profile"):
         options["icc_profile"] = images[0].info["icc_profile"]
     notes: list[str] = []
@@ -351,8 +382,24 @@ def save_frames(images: list[Image.Image], path: str | os.PathLike, fmt: str = "
         options.update(save_all=True, append_images=images[1:], loop=loop or 0)
         if durations and len(durations) == len(images) and any(durations):  # TIFF pages have none
             options["duration"] = [max(1, d) for d in durations]
-    save_atomic(images[0], path, format=pil_format, **options)
+    return images[0], options, notes
+
+
+def save_frames(images: list[Image.Image], path: str | os.PathLike, fmt: str = "png",
+                durations: list[int] | None = None, loop: int | None = None) -> list[str]:
+    """Write one or more encoded frames atomically as one file (animated PNG / WebP when several)."""
+    first, options, notes = _frame_save_args(images, fmt, durations, loop)
+    save_atomic(first, path, **options)
     return notes
+
+
+def frames_to_bytes(images: list[Image.Image], fmt: str = "png", durations: list[int] | None = None,
+                    loop: int | None = None) -> tuple[bytes, list[str]]:
+    """The bytes `save_frames` would write for the same frames (what a service sends back)."""
+    first, options, notes = _frame_save_args(images, fmt, durations, loop)
+    buffer = io.BytesIO()
+    first.save(buffer, **options)
+    return buffer.getvalue(), notes
 
 
 def write_picture(pic: Picture, path: str | os.PathLike, fmt: str = "png") -> list[str]:

@@ -32,7 +32,7 @@ class RunOptions:
 
     engine_dir: Path
     out: Path
-    inputs: tuple[Path, ...] = ()
+    inputs: tuple[Path | str, ...] = ()  # URIs (s3://, file://) stay strings: only Ray jobs read them
     steps: int | None = None
     timesteps: str | tuple[int, ...] | None = None
     color_fix: str = "none"
@@ -50,7 +50,7 @@ class RunOptions:
             object.__setattr__(self, "devices", parse_devices(self.devices))
         object.__setattr__(self, "engine_dir", Path(self.engine_dir))
         object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
+        object.__setattr__(self, "inputs", tuple(p if "://" in str(p) else Path(p) for p in self.inputs))
         self._check()
 
     def _check(self) -> None:

@@ -189,14 +189,19 @@ class TileScheduler:
 
     `submit()` is thread-safe (concurrent requests); `map()` streams a sequence with look-ahead.
     `queue_depth` batches wait between stages (the memory bound); `close()` drains and stops the threads.
+    `max_wait_s`: how long a partial engine batch may keep idle devices waiting for tiles of images not
+    yet submitted (a service's concurrent requests); 0 sends it at once.
     """
 
-    def __init__(self, chains: Sequence[Any] | Any, queue_depth: int = 2, poll_s: float = 0.002) -> None:
+    def __init__(self, chains: Sequence[Any] | Any, queue_depth: int = 2, poll_s: float = 0.002,
+                 max_wait_s: float = 0.0) -> None:
         self.chains = list(chains) if isinstance(chains, (list, tuple)) else [chains]
         self.batch, self.tile, self.scale, self.fixed_batch = _check_chains(self.chains)
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
-        self.queue_depth, self._poll = queue_depth, poll_s
+        if not max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        self.queue_depth, self._poll, self.max_wait_s = queue_depth, poll_s, max_wait_s
         self.stats = SchedulerStats(device_seconds=[0.0] * len(self.chains))
         self._jobs: queue.Queue = queue.Queue()
         self._work: queue.Queue = queue.Queue(maxsize=queue_depth)
@@ -340,11 +345,12 @@ class TileScheduler:
         """The next job; with a partial batch waiting, None when waiting longer would idle a device."""
         if not partial:
             return self._jobs.get()
+        deadline = time.monotonic() + self.max_wait_s
         while True:
             try:
                 return self._jobs.get(timeout=self._poll)
             except queue.Empty:
-                if self._streams == 0 and self._work.empty():
+                if self._streams == 0 and self._work.empty() and time.monotonic() >= deadline:
                     return None
 
     def _feed(self) -> None:

@@ -117,9 +117,10 @@ class Upscaler:
         """What the scheduler runs on: every device's backend, or just `backend` if it was replaced."""
         return self.backends if self.backends and self.backend is self.backends[0] else [self.backend]
 
-    def scheduler(self) -> TileScheduler:
-        """A tile scheduler over this folder's backends (the caller closes it); for streams of images."""
-        return TileScheduler(self.chains, queue_depth=self.queue_depth)
+    def scheduler(self, max_wait_s: float = 0.0) -> TileScheduler:
+        """A tile scheduler over this folder's backends (the caller closes it); for streams of images and
+        concurrent callers (`max_wait_s`: see TileScheduler)."""
+        return TileScheduler(self.chains, queue_depth=self.queue_depth, max_wait_s=max_wait_s)
 
     def schedule(self, steps: int | None = None, timesteps: Sequence[int] | str | None = None) -> Schedule:
         """The validated schedule for this folder (see `schedule_for`)."""

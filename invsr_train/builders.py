@@ -15,7 +15,7 @@ import torch
 
 from .config import TrainConfig
 from .data import DataError, find_images, split_holdout, verify_images
-from .models.base import BaseModels, ModelLoadError, predictor_file, seeded
+from .models.base import BaseModels, seeded
 from .models.noise_predictor import CheckpointError, NoisePredictor, NoisePredictorConfig
 from .objective import mix_seed
 
@@ -97,9 +97,9 @@ def build_predictor(cfg: TrainConfig, base: BaseModels, config: dict[str, Any] |
     if config is not None:
         return NoisePredictor(NoisePredictorConfig.from_dict(config))
     if cfg.model.init:
-        try:  # a .pth, a bundle folder (invsr-models download) or "hub": as --predictor elsewhere
-            model = NoisePredictor.from_checkpoint(predictor_file(cfg.model.init))
-        except (CheckpointError, ModelLoadError) as e:
+        try:
+            model = NoisePredictor.from_checkpoint(cfg.model.init)
+        except CheckpointError as e:
             raise TrainError(f"--init: {e}") from e
         logger.info("fine-tuning from %s", cfg.model.init)
         return model.train()

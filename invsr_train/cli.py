@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, metavar="N", help="per-process micro-batch (train.micro_batch)")
     p.add_argument("--lr", type=float, help="predictor learning rate (optim.lr)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--init", metavar="CKPT", help="start from these predictor weights: .pth, bundle folder (invsr-models download) or hub")
+    p.add_argument("--init", metavar="CKPT", help="start from these predictor weights (.pth, e.g. the official ones)")
     p.add_argument("--lpips-weights", metavar="FILE", help="latent LPIPS weights (loss.lpips_path)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="train.precision")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")

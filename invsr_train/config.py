@@ -64,9 +64,9 @@ class DataConfig:
 class ModelConfig:
     """Frozen base (SD-Turbo) and the trained noise predictor."""
 
-    base: str = "stabilityai/sd-turbo"  # any --base form (hub id, bundle, folder, single file, synthetic:tiny/full)
+    base: str = "stabilityai/sd-turbo"  # hub id, diffusers folder, synthetic:tiny, synthetic:full
     predictor: str = "auto"  # architecture: full (released), tiny, auto (tiny for synthetic:tiny, else full)
-    init: str | None = None  # .pth, bundle folder or "hub" to start from (e.g. the official weights); its architecture wins
+    init: str | None = None  # .pth to start from (e.g. the official weights); its architecture wins
     unet_grad_checkpointing: bool = True  # recompute UNet activations in the backward (memory; as the recipe)
 
 

@@ -414,25 +414,3 @@ def test_probe_junk_run_options_name_the_option(values, text):
     with pytest.raises(RunOptionError) as info:
         RunOptions(engine_dir="e", out="o", **values)
     assert str(info.value) == text and info.value.option == next(iter(values))
-
-
-def test_probe_unreadable_folder_and_special_files_say_what_they_are(engine, tmp_path):
-    os.mkfifo(tmp_path / "pipe.png")  # reading it would block forever: never opened
-    args = [engine, tmp_path / "pipe.png", "/dev/null", "-o", tmp_path / "out"]
-    prefix = _unprivileged_prefix()
-    if prefix is not None:
-        (tmp_path / "locked").mkdir()
-        Image.fromarray(_photo(8, 8)).save(tmp_path / "locked" / "a.png")
-        (tmp_path / "locked").chmod(0)
-        args.insert(1, tmp_path / "locked")
-    try:
-        res = _subprocess_cli(args, prefix=prefix or [])
-    finally:
-        if prefix is not None:
-            (tmp_path / "locked").chmod(0o755)
-    assert res.returncode == 1, res.stderr
-    errors = res.stderr.strip().splitlines()
-    assert f"error: {tmp_path / 'pipe.png'}: not a regular file (a device, pipe or socket)" in errors
-    assert "error: /dev/null: not a regular file (a device, pipe or socket)" in errors
-    if prefix is not None:
-        assert f"error: {tmp_path / 'locked'}: this folder cannot be read (permission denied)" in errors

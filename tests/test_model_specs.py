@@ -199,16 +199,6 @@ def test_copied_hub_cache_revisions(turbo, tmp_path, monkeypatch):
     assert b.info["source"] == "hub-cache" and b.info["repo_id"] == "acme/tiny-turbo" and b.info["revision"] == COMMIT
 
 
-def test_copied_cache_without_refs_serves_the_hub_predictor(tmp_path, monkeypatch):
-    """``--predictor hub`` offline: OAOA/InvSR's file from a copied cache, even one downloaded by commit (no refs/)."""
-    saved = load_predictor("synthetic:tiny").save_checkpoint(tmp_path / "src" / PREDICTOR_FILE)
-    saved.with_suffix(".json").unlink()  # the hub holds the .pth only
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert "OAOA/InvSR/noise_predictor_sd_turbo_v5.pth is not in the hub cache" in _error("hub", predictor=True)
-    mf.make_hub_cache_repo(tmp_path / "hub", "OAOA/InvSR", saved.parent, COMMIT, refs={})
-    assert _same(load_predictor("hub"), load_predictor("synthetic:tiny"))
-
-
 def test_snapshot_copied_without_blobs(turbo, tmp_path):
     snapshot = mf.make_hub_cache_repo(tmp_path / "hub", "acme/tiny-turbo", turbo, COMMIT)
     copy = tmp_path / "copied-snapshot"
@@ -283,18 +273,3 @@ def test_bundle_is_base_and_predictor(turbo, tiny_base, tmp_path):
     msg = _error(folder)
     assert "text_encoder/model.safetensors is 100 bytes, the lock file says" in msg and "invsr-models verify" in msg
     assert "text_encoder/model.safetensors" in _error(folder, predictor=True)
-
-
-def test_train_init_takes_a_bundle_folder(tmp_path, tiny_base):
-    """invsr-train --init accepts what --predictor accepts (here: a bundle folder)."""
-    from invsr_train.builders import TrainError, build_predictor
-    from invsr_train.config import TrainConfig
-
-    released = load_predictor("synthetic:tiny")
-    released.save_checkpoint(tmp_path / "models" / PREDICTOR_FILE)
-    cfg = TrainConfig().override({"model.init": str(tmp_path / "models")})
-    model = build_predictor(cfg, tiny_base)
-    assert model.training and _same(model, released)
-    with pytest.raises(TrainError) as err:
-        build_predictor(TrainConfig().override({"model.init": str(tmp_path / "nothing")}), tiny_base)
-    assert str(err.value).startswith("--init: noise predictor") and "bundle folder" in str(err.value)

@@ -308,8 +308,12 @@ def test_every_flag_is_a_run_option():
 
     from invsr_runtime.run_options import RunOptions
 
+    from invsr_runtime.ray_job import RayOptions
+
     dests = {a.dest for a in cli.build_parser()._actions if a.dest != "help"}
-    assert dests == {f.name for f in fields(RunOptions)}
+    # every flag is a RunOptions field, or a Ray setting (RayOptions, or --ray itself)
+    assert dests - set(cli.RAY_FLAGS) == {f.name for f in fields(RunOptions)}
+    assert set(cli.RAY_FLAGS) - {"ray"} <= {f.name for f in fields(RayOptions)}
     opts = cli.parse_options(["E", "a.png", "b", "-o", "O", "--steps", "2", "--color-fix", "wavelet",
                               "--tile-batch", "3", "--format", "webp", "--recursive"])
     assert opts == RunOptions(engine_dir=Path("E"), out=Path("O"), inputs=(Path("a.png"), Path("b")), steps=2,

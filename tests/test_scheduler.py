@@ -302,3 +302,15 @@ def test_devices_option(toy_engine, tmp_path, capsys):
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert run([str(toy_engine), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--devices", "0"]) == EXIT_USAGE
         assert "onnxruntime-gpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_wait_s, expected", [(0.0, [1, 1]), (2.0, [2])])
+def test_partial_batch_waits_for_later_submissions_only_as_long_as_max_wait(schedule, max_wait_s, expected):
+    """A service's concurrent requests: a lone tile waits up to max_wait_s (devices idle) for company."""
+    device = SimulatedDevice(tile=16, scale=4, batch=4, fixed_batch=False)
+    with TileScheduler([device], max_wait_s=max_wait_s) as scheduler:
+        first = scheduler.submit(_image(16, 16, 1), schedule, seed=1)
+        threading.Event().wait(0.3)  # the second request arrives 0.3 s later
+        second = scheduler.submit(_image(16, 16, 2), schedule, seed=2)
+        first.result(timeout=10), second.result(timeout=10)
+    assert device.batches == expected

@@ -516,30 +516,20 @@ def _predictor_from_file(path: Path) -> NoisePredictor:
 
 def _fetch_predictor_file() -> Path:
     """Path of the released checkpoint (download or cache), or a one-line ModelLoadError."""
-    remedy = (
-        f"pass a local .pth (--predictor /path/to/{PREDICTOR_FILE}), a bundle folder (invsr-models download) "
-        "or --predictor synthetic"
-    )
-    # Cache first (a copied cache too: no refs/ needed): the released file never changes, and an
-    # unreachable hub costs ~20 s of retries.
-    with contextlib.suppress(ModelLoadError):
-        cached = hub_cache.cached_snapshot(PREDICTOR_REPO, None).folder / PREDICTOR_FILE
-        if cached.is_file():
-            return cached
     offline = hub_cache.hub_offline()
-    if offline:
-        raise ModelLoadError(
-            f"offline mode (HF_HUB_OFFLINE) and {PREDICTOR_REPO}/{PREDICTOR_FILE} is not in the hub cache "
-            f"{hub_cache.hub_cache_dir()}: {remedy}"
-        )
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, cache_dir=str(hub_cache.hub_cache_dir())))
-    except Exception as e:  # DNS failure, 404, missing huggingface_hub...
+        # Cache first: the released file never changes, and an unreachable hub costs ~20 s of retries.
+        cache = str(hub_cache.hub_cache_dir())
+        with contextlib.suppress(Exception):
+            return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, cache_dir=cache, local_files_only=True))
+        return Path(hf_hub_download(PREDICTOR_REPO, PREDICTOR_FILE, cache_dir=cache, local_files_only=offline))
+    except Exception as e:  # offline, DNS failure, 404, missing huggingface_hub...
         raise ModelLoadError(
             f"could not fetch the noise predictor {PREDICTOR_REPO}/{PREDICTOR_FILE} from the Hugging Face hub "
-            f"({_hub_reason(e, offline)}): {remedy}"
+            f"({_hub_reason(e, offline)}): pass a local .pth (--predictor /path/to/{PREDICTOR_FILE}), "
+            "a bundle folder (invsr-models download) or --predictor synthetic"
         ) from e
 
 

@@ -90,7 +90,6 @@ def download(
     _check_out(out)
     from filelock import FileLock, Timeout
 
-    created = not out.exists()
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -98,11 +97,6 @@ def download(
             return _download_locked(out, base, predictor, revision, report)
     except Timeout as e:
         raise DownloadError(f"another invsr-models download is writing to {out}: wait for it, or use another --out") from e
-    except BaseException:
-        arrived = any(p.name != WORK_DIR for p in out.iterdir()) or any((work / "partial").glob("*.incomplete"))
-        if created and not arrived:
-            shutil.rmtree(out, ignore_errors=True)  # failed before any byte arrived: leave nothing behind
-        raise
 
 
 def _download_locked(out: Path, base: str, predictor: str, revision: str | None, report: Report) -> Lock:
@@ -160,10 +154,7 @@ def _plan_repo(
         commit = api.model_info(repo, revision=revision).sha
         tree = [f for f in api.list_repo_tree(repo, revision=commit, recursive=True) if isinstance(f, RepoFile)]
     except Exception as e:  # 401/404, DNS, refused connection, ...
-        raise DownloadError(
-            f"could not list {repo}@{revision} on {_endpoint()} ({_reason(e)}): check the name and revision; "
-            "a gated or private repo needs HF_TOKEN"
-        ) from e
+        raise DownloadError(f"could not list {repo}@{revision} on {_endpoint()} ({_reason(e)})") from e
     chosen = list(filter_repo_objects(tree, allow_patterns=allow, key=lambda f: f.path))
     missing = sorted(set(required) - {f.path for f in chosen})
     if missing:

@@ -41,9 +41,10 @@ def hub_cache_dir() -> Path:
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     try:
         from huggingface_hub import constants
-    except ImportError as e:
-        raise ModelLoadError("huggingface_hub is not installed: pip install 'invsr-trt[train]'") from e
-    return Path(constants.HF_HUB_CACHE).expanduser()
+
+        return Path(constants.HF_HUB_CACHE).expanduser()
+    except ImportError:
+        return Path.home() / ".cache" / "huggingface" / "hub"
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:

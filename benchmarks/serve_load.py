@@ -1,0 +1,208 @@
+"""A bounded load test of invsr-serve on loopback: N concurrent clients for a fixed time, then overload.
+
+    python -m benchmarks.serve_load ENGINE_DIR --out DIR [--clients 16] [--seconds 30]
+                                    [--simulate-device-ms 7] [--image 64x64]
+
+The service runs in this process (uvicorn in a thread) so its RSS can be read at start and end. With
+`--simulate-device-ms X` the folder's backend is replaced by a simulated device taking X ms per tile
+(the tile scheduler, batching and HTTP layers are the real ones). Phase 1: `--clients` clients post
+the same image back to back for `--seconds`: throughput, p50 / p99 latency, batch fill ratio, errors
+(must be 0), RSS before and after. Phase 2 (overload): a service with `--max-queue 2` gets 4x as many
+clients: every answer must be 200 or a prompt 503 with Retry-After, none may hang. Everything stops by
+itself; only 127.0.0.1 is contacted. Writes DIR/serve_load.json and DIR/serve_load.md.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import io
+import json
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Phase:
+    """What one load phase measured."""
+
+    clients: int
+    seconds: float
+    ok: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    busy_ms: list[float] = field(default_factory=list)
+    retry_after_missing: int = 0
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies_ms)
+        pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+        busy = sorted(self.busy_ms)
+        return {"clients": self.clients, "seconds": round(self.seconds, 2), "ok": self.ok,
+                "statuses": self.statuses, "images_per_s": round(self.ok / self.seconds, 2),
+                "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                "busy_p99_ms": busy[min(len(busy) - 1, int(0.99 * len(busy)))] if busy else None,
+                "retry_after_missing": self.retry_after_missing}
+
+
+def _serve_in_thread(app, port: int):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server, thread
+
+
+def _load(url: str, body: bytes, clients: int, seconds: float, timeout: float = 60.0) -> Phase:
+    phase = Phase(clients=clients, seconds=seconds)
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        with httpx.Client(timeout=timeout) as http:
+            while time.monotonic() < stop_at:
+                start = time.perf_counter()
+                try:
+                    r = http.post(url, content=body, headers={"Content-Type": "image/png"})
+                    status = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    r, status = None, type(exc).__name__
+                ms = (time.perf_counter() - start) * 1000
+                with lock:
+                    phase.statuses[status] = phase.statuses.get(status, 0) + 1
+                    if status == "200":
+                        phase.ok += 1
+                        phase.latencies_ms.append(ms)
+                    elif status == "503":
+                        phase.busy_ms.append(ms)
+                        phase.retry_after_missing += int(not r.headers.get("retry-after"))
+                if status == "503":
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    phase.seconds = time.perf_counter() - start
+    return phase
+
+
+def _metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics/").text
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def _factory(simulate_ms: float | None):
+    from invsr_serve.app import open_upscaler
+
+    def make(config):
+        upscaler = open_upscaler(config)
+        if simulate_ms is not None:
+            from invsr_runtime.backends.simulated import SimulatedDevice
+
+            real = upscaler.backend
+            upscaler.backend = SimulatedDevice(tile=real.tile, scale=real.scale, batch=real.batch,
+                                               ms_per_tile=simulate_ms, echo=False)
+        return upscaler
+    return make
+
+
+def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_ms: float | None,
+              **config) -> tuple[dict, dict, dict]:
+    """One service, one load phase: (summary, metrics at the end, RSS in MiB before / after)."""
+    import psutil
+
+    from invsr_serve.app import create_app
+    from invsr_serve.config import ServeConfig
+
+    app = create_app(ServeConfig(engine_dir=engine, **config), upscaler_factory=_factory(simulate_ms))
+    port = _free_port()
+    server, thread = _serve_in_thread(app, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Clients run in their own process, so they do not compete with the service for the GIL.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients_process:
+            clients_process.submit(_load, url + "/v1/upscale", body, 2, 1.0).result()  # warm-up
+            rss_before = psutil.Process().memory_info().rss / 2**20
+            phase = clients_process.submit(_load, url + "/v1/upscale", body, clients, seconds).result()
+        rss_after = psutil.Process().memory_info().rss / 2**20
+        metrics = _metrics(url)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    return phase.summary(), metrics, {"before_mib": round(rss_before, 1), "after_mib": round(rss_after, 1)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(size: str) -> bytes:
+    w, h = (int(v) for v in size.lower().split("x"))
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _markdown(result: dict) -> str:
+    rows = ["| phase | clients | s | images/s | p50 ms | p99 ms | statuses | batch fill | RSS MiB start -> end |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in ("load", "overload"):
+        r = result[name]
+        s = r["summary"]
+        rows.append(f"| {name} | {s['clients']} | {s['seconds']} | {s['images_per_s']} | {s['p50_ms'] and round(s['p50_ms'])} "
+                    f"| {s['p99_ms'] and round(s['p99_ms'])} | {s['statuses']} | "
+                    f"{r['metrics'].get('invsr_batch_fill_ratio', 0):.3f} | {r['rss']['before_mib']} -> {r['rss']['after_mib']} |")
+    head = (f"# invsr-serve load test\n\nEngine `{result['engine']}`, image {result['image']}, "
+            f"device: {result['device']}. Overload: --max-queue 2; busy answers' p99: "
+            f"{result['overload']['summary']['busy_p99_ms'] and round(result['overload']['summary']['busy_p99_ms'])} ms.\n\n")
+    return head + "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
+    p.add_argument("engine", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--simulate-device-ms", type=float, default=None)
+    p.add_argument("--image", default="64x64", help="WxH of the posted image")
+    args = p.parse_args(argv)
+    body = _png(args.image)
+    result: dict = {"engine": str(args.engine), "image": args.image,
+                    "device": f"simulated {args.simulate_device_ms} ms/tile" if args.simulate_device_ms is not None
+                    else "the folder's backend"}
+    for name, clients, extra in (("load", args.clients, {}), ("overload", args.clients * 4, {"max_queue": 2})):
+        summary, metrics, rss = run_phase(args.engine, body, clients, args.seconds, args.simulate_device_ms, **extra)
+        result[name] = {"summary": summary, "metrics": metrics, "rss": rss}
+        print(f"{name}: {json.dumps(summary)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_load.json").write_text(json.dumps(result, indent=2))
+    (args.out / "serve_load.md").write_text(_markdown(result))
+    errors = {k: v for k, v in result["load"]["summary"]["statuses"].items() if k != "200"}
+    hung = {k: v for k, v in result["overload"]["summary"]["statuses"].items() if k not in ("200", "503")}
+    return 1 if errors or hung or result["overload"]["summary"]["retry_after_missing"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
