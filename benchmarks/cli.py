@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-validate", action="store_true", help="let invsr-export validate (slow at full size)")
     p.add_argument("--description", default="", help="free text shown at the top of report.md (what, why, caveats)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    img = p.add_argument_group("image mode (whole images through the runtime's tile scheduler)")
+    img.add_argument("--image", default=None, metavar="WxH|FILE",
+                     help="time whole images, e.g. 1024x1024 (a synthetic photo) or an image file")
+    img.add_argument("--simulate-device-ms", type=_csv(float), default=None, metavar="X[,Y]",
+                     help="image mode against a simulated device taking X ms per tile (no models needed)")
+    img.add_argument("--devices", type=_csv(int), default=[1], metavar="N[,M]",
+                     help="simulated device counts (default 1)")
+    img.add_argument("--color-fix", default="none", choices=("none", "wavelet", "ycbcr"))
+    img.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     return p
 
 
@@ -320,6 +329,19 @@ def early_problem(args: argparse.Namespace) -> str | None:
     return f"--out {problem}; pass a writable report folder" if problem else None
 
 
+def image_main(args: argparse.Namespace) -> int:
+    """`--image`: whole images through the tile scheduler (simulated device, or the chosen backends)."""
+    from .image_mode import render, run_image_mode
+
+    if args.simulate_device_ms is None:
+        args.resolved_device = resolve_device(args.device)
+        args.tile_px = args.tile or default_tile(args.base)
+    report = run_image_mode(args, args.out)
+    print(render(report), flush=True)
+    print(f"wrote {args.out / 'report.json'}, {args.out / 'report.md'}", flush=True)
+    return 1 if any("error" in r for r in report["rows"] + report["memory"]) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `invsr-bench`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -341,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="invsr-bench: %(message)s")
+    if args.image is not None:
+        return image_main(args)
     try:
         with terminate_like_interrupt(), warnings_as_lines():
             return Bench(args, argv).run()
