@@ -154,5 +154,7 @@ def collect(model_path: Path, tensors: Iterable[str], feeds: Iterable[Mapping[st
                 stats.tensors[name].add(value, channel_axes.get(name))
             del values
             stats.samples += 1
+            if stats.samples % 16 == 0:  # progress on long (full-size) calibrations
+                logger.info("%s: statistics over %d calibration inputs", Path(model_path).stem, stats.samples)
     logger.debug("%s: statistics of %d tensors over %d inputs", Path(model_path).name, len(names), stats.samples)
     return stats

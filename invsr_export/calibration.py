@@ -56,6 +56,8 @@ def calibration_feeds(
             run_chain(run, lr[start:start + batch], np.stack([v for v, _ in noises]),
                       np.stack([p for _, p in noises]), schedule, prompt_embeds, record=record,
                       decode="vae_decoder" in components)
+            if (k + 1) % max(1, n // batch // 8) == 0:  # progress: about 8 lines per calibration
+                logger.info("calibration: %d/%d photo tiles through the fp32 chain", start + batch, n)
     feeds = {name: record[name] for name in components}
     logger.info("calibration: %s from %d photo tiles",
                 ", ".join(f"{len(f)} {name} inputs" for name, f in feeds.items()), n)
