@@ -126,6 +126,18 @@ def test_force_refuses_precious_folders(tmp_path, capsys, monkeypatch, no_export
     assert snapshot(tmp_path) == before
 
 
+def test_files_added_during_the_export_stop_the_replace(tmp_path):
+    """--force is checked again at the end: a file the user put in --out meanwhile keeps the folder as it is."""
+    from invsr_export.engine_folder import OutputError, staging
+
+    out = build_toy_engine(tmp_path / "engines")
+    with pytest.raises(OutputError, match="notes.txt"):
+        with staging(out, force=True) as stage:
+            (stage / "manifest.json").write_text("{}")
+            (out / "notes.txt").write_text("written while the export ran")
+    assert (out / "notes.txt").exists() and (out / "unet.onnx").exists() and not leftovers(tmp_path)
+
+
 # --------------------------------------------------------------------------------------------- invsr-run
 @pytest.fixture(scope="module")
 def run_setup(tmp_path_factory):
