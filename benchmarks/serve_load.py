@@ -1,22 +1,25 @@
 """A bounded load test of invsr-serve on loopback: N concurrent clients for a fixed time, then overload.
 
     python -m benchmarks.serve_load ENGINE_DIR --out DIR [--clients 16] [--seconds 30]
-                                    [--simulate-device-ms 7] [--image 64x64]
+                                    [--simulate-device-ms 7] [--image 128x128] [--warmup-seconds 5]
+                                    [--overload-seconds 10]
 
 The service runs in this process (uvicorn in a thread) so its RSS can be read at start and end. With
 `--simulate-device-ms X` the folder's backend is replaced by a simulated device taking X ms per tile
 (the tile scheduler, batching and HTTP layers are the real ones). Phase 1: `--clients` clients post
-the same image back to back for `--seconds`: throughput, p50 / p99 latency, batch fill ratio, errors
-(must be 0), RSS before and after. Phase 2 (overload): a service with `--max-queue 2` gets 4x as many
+the same image back to back for `--seconds` (after `--warmup-seconds` of the same load, so RSS "start"
+is the steady state): throughput, p50 / p99 latency, batch fill ratio, errors (must be 0), RSS at start
+and end. Phase 2 (overload, `--overload-seconds`): a service with `--max-queue 2` gets 4x as many
 clients: every answer must be 200 or a prompt 503 with Retry-After, none may hang. Everything stops by
 itself; only 127.0.0.1 is contacted. Writes DIR/serve_load.json and DIR/serve_load.md.
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import io
 import json
+import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -123,8 +126,9 @@ def _factory(simulate_ms: float | None):
 
 
 def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_ms: float | None,
-              **config) -> tuple[dict, dict, dict]:
-    """One service, one load phase: (summary, metrics at the end, RSS in MiB before / after)."""
+              warmup_s: float = 5.0, **config) -> tuple[dict, dict, dict]:
+    """One service, one load phase after `warmup_s` of the same load: (summary, metrics at the end,
+    RSS in MiB after the warm-up / after the load, warm-up statuses)."""
     import psutil
 
     from invsr_serve.app import create_app
@@ -137,7 +141,9 @@ def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_
     try:
         # Clients run in their own process, so they do not compete with the service for the GIL.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients_process:
-            clients_process.submit(_load, url + "/v1/upscale", body, 2, 1.0).result()  # warm-up
+            # Warm-up at full concurrency, so RSS "before" is the steady state (buffers, thread pools
+            # and allocator arenas at their working size), not the idle service's.
+            warm = clients_process.submit(_load, url + "/v1/upscale", body, clients, warmup_s).result()
             rss_before = psutil.Process().memory_info().rss / 2**20
             phase = clients_process.submit(_load, url + "/v1/upscale", body, clients, seconds).result()
         rss_after = psutil.Process().memory_info().rss / 2**20
@@ -145,7 +151,8 @@ def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_
     finally:
         server.should_exit = True
         thread.join(60)
-    return phase.summary(), metrics, {"before_mib": round(rss_before, 1), "after_mib": round(rss_after, 1)}
+    return phase.summary(), metrics, {"before_mib": round(rss_before, 1), "after_mib": round(rss_after, 1),
+                                      "warmup_statuses": warm.statuses}
 
 
 def _free_port() -> int:
@@ -173,9 +180,13 @@ def _markdown(result: dict) -> str:
         rows.append(f"| {name} | {s['clients']} | {s['seconds']} | {s['images_per_s']} | {s['p50_ms'] and round(s['p50_ms'])} "
                     f"| {s['p99_ms'] and round(s['p99_ms'])} | {s['statuses']} | "
                     f"{r['metrics'].get('invsr_batch_fill_ratio', 0):.3f} | {r['rss']['before_mib']} -> {r['rss']['after_mib']} |")
+    busy = result["overload"]["summary"]["busy_p99_ms"]
     head = (f"# invsr-serve load test\n\nEngine `{result['engine']}`, image {result['image']}, "
-            f"device: {result['device']}. Overload: --max-queue 2; busy answers' p99: "
-            f"{result['overload']['summary']['busy_p99_ms'] and round(result['overload']['summary']['busy_p99_ms'])} ms.\n\n")
+            f"device: {result['device']}. Machine: {result['cpus']} CPU cores shared with other agents (load "
+            f"average {result['loadavg_start'][0]:.1f} at start, {result['loadavg_end'][0]:.1f} at end); "
+            f"service and clients in two processes on it. Each phase starts a fresh service and runs "
+            f"{result['warmup_s']:g} s of the same load before RSS 'start' is read. Overload: --max-queue 2; "
+            f"p99 of the 503 answers: {busy and round(busy)} ms.\n\n")
     return head + "\n".join(rows) + "\n"
 
 
@@ -186,16 +197,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--simulate-device-ms", type=float, default=None)
-    p.add_argument("--image", default="64x64", help="WxH of the posted image")
+    p.add_argument("--overload-seconds", type=float, default=10.0)
+    p.add_argument("--warmup-seconds", type=float, default=5.0, help="load before RSS 'start' is read")
+    p.add_argument("--image", default="128x128", help="WxH of the posted image (default 128x128: one tile)")
     args = p.parse_args(argv)
     body = _png(args.image)
     result: dict = {"engine": str(args.engine), "image": args.image,
                     "device": f"simulated {args.simulate_device_ms} ms/tile" if args.simulate_device_ms is not None
                     else "the folder's backend"}
-    for name, clients, extra in (("load", args.clients, {}), ("overload", args.clients * 4, {"max_queue": 2})):
-        summary, metrics, rss = run_phase(args.engine, body, clients, args.seconds, args.simulate_device_ms, **extra)
+    result.update(cpus=os.cpu_count(), loadavg_start=os.getloadavg(), warmup_s=args.warmup_seconds)
+    for name, clients, seconds, extra in (("load", args.clients, args.seconds, {}),
+                                          ("overload", args.clients * 4, args.overload_seconds, {"max_queue": 2})):
+        summary, metrics, rss = run_phase(args.engine, body, clients, seconds, args.simulate_device_ms,
+                                          args.warmup_seconds, **extra)
         result[name] = {"summary": summary, "metrics": metrics, "rss": rss}
         print(f"{name}: {json.dumps(summary)}")
+    result["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2))
     (args.out / "serve_load.md").write_text(_markdown(result))

@@ -171,11 +171,12 @@ def _connect(options: RayOptions) -> Any:
 
 
 def run_on_ray(rows: Sequence[Row], opts: RunOptions, options: RayOptions,
-               on_row: Any = None) -> list[dict]:
+               on_row: Any = None, worker: type = UpscaleWorker) -> list[dict]:
     """Run every row on the cluster; returns one outcome dict per row (dst, status, src, errors, seconds).
 
     `on_row(outcome)` is called as outcomes stream in (progress). Each failed input is also appended, one
-    JSON line each, to OUTDIR/failures.jsonl.
+    JSON line each, to OUTDIR/failures.jsonl. `worker`: the actor class, UpscaleWorker or a subclass of it
+    (importable on the workers), e.g. one that replaces `self.upscaler.backend` with a simulated device.
     """
     ray = _connect(options)
     if not rows:
@@ -187,7 +188,7 @@ def run_on_ray(rows: Sequence[Row], opts: RunOptions, options: RayOptions,
     # Ray Data's actor pools restart dead actors and retry their tasks by default (max_restarts=-1,
     # max_task_retries=-1): a killed worker is replaced and its rows redone.
     results = dataset.map_batches(
-        UpscaleWorker, fn_constructor_kwargs={"options": fields}, batch_size=1,
+        worker, fn_constructor_kwargs={"options": fields}, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_gpus=options.gpus_per_worker, num_cpus=options.cpus_per_worker)
     outcomes = []

@@ -160,3 +160,18 @@ def test_serve_on_ray_two_replicas_same_bytes(cluster, engine, tmp_path, capsys)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json() == {"status": "ready"}
     finally:
         ray_serve.stop()
+
+
+def test_ray_scale_benchmark_dry_run(cluster, engine, tmp_path):
+    """benchmarks.ray_scale end to end on the test cluster (1 worker, 2 images, no warm-up): every image
+    written by both the plain loop and the Ray workers, each on the simulated device (200 ms per tile,
+    far slower than the toy engine, so an image taking less means the backend was not replaced)."""
+    from benchmarks import ray_scale
+
+    code = ray_scale.main([str(engine), "--out", str(tmp_path / "report"), "--workers", "1", "--images", "2",
+                           "--size", "24", "--ms-per-tile", "200", "--repeats", "1", "--warmup", "0"])
+    result = json.loads((tmp_path / "report" / "ray_scale.json").read_text())
+    assert code == 0 and result["plain"]["done"] == [2] and result["ray"]["1"]["done"] == [2]
+    assert result["plain"]["last"]["device_calls"] >= 2 * 2  # 24x24 on tile 16: >= 4 tiles, batch 2
+    assert result["ray"]["1"]["last"]["image_seconds_median"] >= 2 * 2 * 0.2
+    assert "--ray --workers 1" in (tmp_path / "report" / "ray_scale.md").read_text()
