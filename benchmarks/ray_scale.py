@@ -10,8 +10,8 @@ images, decode and encode overlapping the device); the Ray runs are `invsr-run -
 Both replace the folder's backend with `SimulatedDevice(ms_per_tile=X, echo=False)`, so the device time
 is the same everywhere and what differs is the host work and Ray. Each timing is the whole job: from
 the call to the last file written (a Ray run includes starting its actors and loading their Upscalers;
-the local cluster is started once, before). Every configuration runs `--repeats` times after one
-warm-up run; the report gives medians. Writes DIR/ray_scale.json and DIR/ray_scale.md.
+the local cluster is started once, before). Every configuration runs `--repeats` times after
+`--warmup` untimed runs; the report gives medians. Writes DIR/ray_scale.json and DIR/ray_scale.md.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -168,19 +169,30 @@ def measure(engine: Path, workers: Sequence[int], images: int, size: int, ms_per
 def markdown(result: dict) -> str:
     """The report: one row per configuration, medians."""
     from benchmarks.markdown import table
+    from invsr_runtime.tiling import plan_tiles
 
-    tiles = (-(-result["size"] // result["tile"])) ** 2  # at least; the tiler's overlap may add more
+    tiles = len(plan_tiles(result["size"], result["size"], result["tile"]).origins)
+    plain = result["plain"]["last"]
+    device_s = plain["device_calls"] * plain["tiles_per_call"] * result["ms_per_tile"] / 1000
     rows = [("plain invsr-run", "-", f"{result['plain']['median_s']:.2f}", f"{result['plain']['images_per_s']:.2f}",
              "1.00", str(result["plain"]["runs_s"]))]
     for n, r in result["ray"].items():
         rows.append((f"--ray --workers {n}", n, f"{r['median_s']:.2f}", f"{r['images_per_s']:.2f}",
                      f"{r['vs_plain']:.2f}", str(r["runs_s"])))
     head = [f"# Ray scaling: {result['images']} images of {result['size']}x{result['size']} "
-            f"(tile {result['tile']}, >= {tiles} tiles each), simulated device {result['ms_per_tile']} ms/tile",
+            f"(tile {result['tile']}, {tiles} tiles each), simulated device {result['ms_per_tile']} ms/tile",
             "", f"Machine: {result['cpus']} CPU cores shared with other agents (load average "
             f"{result['loadavg_start'][0]:.1f} at start, {result['loadavg_end'][0]:.1f} at end); local Ray "
-            f"cluster with {result.get('ray_cpus')} logical CPUs. Medians of {result['repeats']} runs after a "
-            "warm-up; each time is the whole job (Ray: actors started and Upscalers loaded inside it).", ""]
+            f"cluster with {result.get('ray_cpus')} logical CPUs. Medians of {result['repeats']} runs after "
+            f"{result.get('warmup', 1)} warm-up run(s); each time is the whole job (Ray: actors started and "
+            "Upscalers loaded inside it).", "",
+            f"The plain run's device was busy {device_s:.1f} s of its last run's {plain['seconds']:.1f} s "
+            f"({plain['device_calls']} calls of batch {result['batch']}; {result['images'] * tiles} real tiles "
+            f"need {-(-result['images'] * tiles // result['batch'])}): the rest is host work (decode, tiling, "
+            "blend, PNG encode) on the shared cores. A Ray worker runs one image at a time on a scheduler of "
+            f"its own, so each image is {-(-tiles // result['batch'])} device call(s) of {result['batch']} "
+            f"({-(-tiles // result['batch']) * result['batch'] * result['ms_per_tile']:.0f} ms) where the plain "
+            "run's stream packs tiles of consecutive images into full batches.", ""]
     return "\n".join(head + table(("run", "workers", "median s", "images/s", "time vs plain", "runs s"), rows)) + "\n"
 
 
@@ -199,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = [int(w) for w in args.workers.split(",")]
     result = measure(args.engine, workers, args.images, args.size, args.ms_per_tile, args.repeats,
                      args.warmup, args.address)
+    result["command"] = " ".join(["python -m benchmarks.ray_scale", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ray_scale.json").write_text(json.dumps(result, indent=2))
     (args.out / "ray_scale.md").write_text(markdown(result))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -51,8 +52,31 @@ class Phase:
         return {"clients": self.clients, "seconds": round(self.seconds, 2), "ok": self.ok,
                 "statuses": self.statuses, "images_per_s": round(self.ok / self.seconds, 2),
                 "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                "busy_p50_ms": busy[len(busy) // 2] if busy else None,
                 "busy_p99_ms": busy[min(len(busy) - 1, int(0.99 * len(busy)))] if busy else None,
                 "retry_after_missing": self.retry_after_missing}
+
+
+class _ServerTimes(logging.Handler):
+    """The service's own time per answer (its access log's `ms`), by status: what the service spent,
+    apart from the client's and the network's share of the latency the clients measure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ms: dict[str, list[float]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = json.loads(record.getMessage())
+        if entry.get("path") == "/v1/upscale":
+            self.ms.setdefault(str(entry["status"]), []).append(float(entry["ms"]))
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for status, values in self.ms.items():
+            values = sorted(values)
+            out[status] = {"p50_ms": values[len(values) // 2],
+                           "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))]}
+        return out
 
 
 def _serve_in_thread(app, port: int):
@@ -135,6 +159,9 @@ def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_
     from invsr_serve.config import ServeConfig
 
     app = create_app(ServeConfig(engine_dir=engine, **config), upscaler_factory=_factory(simulate_ms))
+    served = _ServerTimes()
+    logging.getLogger("invsr_serve.access").addHandler(served)
+    logging.getLogger("invsr_serve.access").setLevel(logging.INFO)
     port = _free_port()
     server, thread = _serve_in_thread(app, port)
     url = f"http://127.0.0.1:{port}"
@@ -145,13 +172,16 @@ def run_phase(engine: Path, body: bytes, clients: int, seconds: float, simulate_
             # and allocator arenas at their working size), not the idle service's.
             warm = clients_process.submit(_load, url + "/v1/upscale", body, clients, warmup_s).result()
             rss_before = psutil.Process().memory_info().rss / 2**20
+            served.ms.clear()
             phase = clients_process.submit(_load, url + "/v1/upscale", body, clients, seconds).result()
         rss_after = psutil.Process().memory_info().rss / 2**20
+        summary = {**phase.summary(), "server_ms": served.percentiles()}
         metrics = _metrics(url)
     finally:
+        logging.getLogger("invsr_serve.access").removeHandler(served)
         server.should_exit = True
         thread.join(60)
-    return phase.summary(), metrics, {"before_mib": round(rss_before, 1), "after_mib": round(rss_after, 1),
+    return summary, metrics, {"before_mib": round(rss_before, 1), "after_mib": round(rss_after, 1),
                                       "warmup_statuses": warm.statuses}
 
 
@@ -180,13 +210,16 @@ def _markdown(result: dict) -> str:
         rows.append(f"| {name} | {s['clients']} | {s['seconds']} | {s['images_per_s']} | {s['p50_ms'] and round(s['p50_ms'])} "
                     f"| {s['p99_ms'] and round(s['p99_ms'])} | {s['statuses']} | "
                     f"{r['metrics'].get('invsr_batch_fill_ratio', 0):.3f} | {r['rss']['before_mib']} -> {r['rss']['after_mib']} |")
-    busy = result["overload"]["summary"]["busy_p99_ms"]
+    over = result["overload"]["summary"]
+    busy = " / ".join(str(v and round(v)) for v in (over.get("busy_p50_ms"), over["busy_p99_ms"]))
     head = (f"# invsr-serve load test\n\nEngine `{result['engine']}`, image {result['image']}, "
             f"device: {result['device']}. Machine: {result['cpus']} CPU cores shared with other agents (load "
             f"average {result['loadavg_start'][0]:.1f} at start, {result['loadavg_end'][0]:.1f} at end); "
             f"service and clients in two processes on it. Each phase starts a fresh service and runs "
             f"{result['warmup_s']:g} s of the same load before RSS 'start' is read. Overload: --max-queue 2; "
-            f"p99 of the 503 answers: {busy and round(busy)} ms.\n\n")
+            f"p50 / p99 of the 503 answers: {busy} ms as the clients saw them; inside the service (its access "
+            f"log): {over['server_ms'].get('503')} ms. Load phase, 200 answers inside the service: "
+            f"{result['load']['summary']['server_ms'].get('200')} ms.\n\n")
     return head + "\n".join(rows) + "\n"
 
 

@@ -101,6 +101,8 @@ class UpscaleEngine:
         done: Future = Future()
 
         def finish(fut: Future) -> None:
+            if not done.set_running_or_notify_cancel():
+                return  # the request gave up (504 timeout, client gone): nobody waits for this picture
             try:
                 done.set_result(self.upscaler.finish_picture(pic, fut.result()))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request

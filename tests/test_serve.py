@@ -308,3 +308,29 @@ def test_tiles_of_concurrent_requests_share_engine_batches(engine):
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def test_a_cancelled_request_is_dropped_quietly(engine, caplog):
+    """A request that gave up (504, client gone) cancels its future; the scheduler's result arriving
+    later must not raise InvalidStateError inside the callback (it was logged as a traceback per request)."""
+    from invsr_runtime.backends.simulated import SimulatedDevice
+    from invsr_runtime.imageio import Picture
+    from invsr_runtime.upscaler import Upscaler
+    from invsr_serve.codec import UpscaleParams
+    from invsr_serve.engine import UpscaleEngine
+
+    upscaler = Upscaler(engine)
+    upscaler.backend = SimulatedDevice(tile=16, scale=4, batch=2, ms_per_tile=100)
+    service = UpscaleEngine(upscaler, max_queue=4, max_inflight_pixels=10**7)
+    try:
+        pic = Picture(rgb=np.full((16, 16, 3), 0.5, np.float32))
+        schedule = upscaler.schedule(1)
+        gone = service.submit(pic, schedule, UpscaleParams())
+        assert gone.cancel()
+        kept = service.submit(pic, schedule, UpscaleParams())
+        assert kept.result(30).rgb.shape == (64, 64, 3)
+        time.sleep(0.2)  # the first picture's callback has run by now (results come back in order)
+    finally:
+        service.close()
+    assert gone.cancelled()
+    assert not [r for r in caplog.records if r.name == "concurrent.futures"], [r.getMessage() for r in caplog.records]
