@@ -191,8 +191,9 @@ def markdown(result: dict) -> str:
             f"need {-(-result['images'] * tiles // result['batch'])}): the rest is host work (decode, tiling, "
             "blend, PNG encode) on the shared cores. A Ray worker runs one image at a time on a scheduler of "
             f"its own, so each image is {-(-tiles // result['batch'])} device call(s) of {result['batch']} "
-            f"({-(-tiles // result['batch']) * result['batch'] * result['ms_per_tile']:.0f} ms) where the plain "
-            "run's stream packs tiles of consecutive images into full batches.", ""]
+            f"({-(-tiles // result['batch']) * result['batch'] * result['ms_per_tile']:.0f} ms; "
+            f"{-(-tiles // result['batch']) * result['images']} calls per job) where the plain run's stream may "
+            "pack tiles of consecutive images into full batches.", ""]
     return "\n".join(head + table(("run", "workers", "median s", "images/s", "time vs plain", "runs s"), rows)) + "\n"
 
 
