@@ -97,13 +97,12 @@ def write_result(upscaler, job: Job, decoded: _Decoded, futures: list, opts: Run
     return time.perf_counter() - decoded.start
 
 
-def run_one(upscaler, job: Job, opts: RunOptions, schedule, data: bytes | None = None) -> float:
-    """Read (the file, or `data`: its bytes), upscale and write one image on a scheduler of its own
-    (a Ray worker's unit of work); returns seconds. Raises what reading or running raised."""
+def run_one(upscaler, scheduler, job: Job, opts: RunOptions, schedule, data: bytes | None = None) -> float:
+    """Read (the file, or `data`: its bytes), upscale on `scheduler` (the caller's, kept across images)
+    and write one image (a Ray worker's unit of work); returns seconds. Raises what reading or running raised."""
     decoded, requests = prepare(upscaler, job, opts, schedule, data)
-    with upscaler.scheduler() as scheduler:
-        futures = [scheduler.submit_request(request) for request in requests]
-        return write_result(upscaler, job, decoded, futures, opts)
+    futures = [scheduler.submit_request(request) for request in requests]
+    return write_result(upscaler, job, decoded, futures, opts)
 
 
 def failure_line(job: Job, exc: BaseException) -> str:

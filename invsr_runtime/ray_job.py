@@ -120,6 +120,13 @@ class UpscaleWorker:
         self.upscaler = Upscaler(self.opts.engine_dir, backend=self.opts.backend, tile_batch=self.opts.tile_batch,
                                  max_pixels=self.opts.max_pixels or None)
         self.schedule = schedule_for(self.upscaler.manifest, self.opts.steps, self.opts.timesteps)
+        self._scheduler = None  # one for the worker's life (made on first use, after any backend swap)
+
+    def _tile_scheduler(self):
+        """The worker's tile scheduler, started once rather than once per image."""
+        if self._scheduler is None:
+            self._scheduler = self.upscaler.scheduler()
+        return self._scheduler
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"dst": [], "status": [], "src": [], "errors": [], "seconds": []}
@@ -143,7 +150,8 @@ class UpscaleWorker:
             try:
                 data = _read_bytes(src) if "://" in src else None
                 with warnings_as_lines(src, write=logger.warning):
-                    return "done", src, errors, run_one(self.upscaler, job, self.opts, self.schedule, data)
+                    return "done", src, errors, run_one(self.upscaler, self._tile_scheduler(), job, self.opts,
+                                                        self.schedule, data)
             except Exception as exc:  # noqa: BLE001 - a failed image is a row, never a failed job
                 errors.append(failure_line(job, exc))
         return "failed", "", errors, 0.0
