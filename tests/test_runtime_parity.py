@@ -49,6 +49,22 @@ def test_matches_reference(upscaler, tiny_pipeline, photo, steps, color_fix):
     assert value >= MIN_PSNR
 
 
+@pytest.mark.parametrize("steps, color_fix", [(1, "none"), (2, "wavelet"), (1, "ycbcr")])
+def test_runtime_host_path_keeps_100_db_against_the_pytorch_reference(tiny_pipeline, photo, steps, color_fix):
+    """The runtime's own host work (scheduler: float32 cutting, streaming blend, banded colour fix) around the
+    PyTorch reference chain vs the reference pipeline (float64 whole-image loop): >= 100 dB (issue 12)."""
+    from invsr_runtime.scheduler import TileScheduler
+    from invsr_train.pipeline import ReferenceChain
+
+    chain = ReferenceChain(tiny_pipeline, tile=tiny_pipeline.base.tile, batch=4)
+    ref = tiny_pipeline.upscale(photo, steps=steps, color_fix=color_fix, seed=11)
+    with TileScheduler([chain]) as scheduler:
+        ours = scheduler.submit(photo, tiny_pipeline.schedule(steps), color_fix=color_fix, seed=11).result()
+    value = psnr(ours, ref)
+    print(f"host path vs reference, steps={steps} color_fix={color_fix}: PSNR {value:.1f} dB")
+    assert value >= 100.0
+
+
 def test_custom_timesteps_match_reference(upscaler, tiny_pipeline, photo):
     crop = photo[:32, :40]
     ours = upscaler.upscale(crop, timesteps="250,120", seed=2)
