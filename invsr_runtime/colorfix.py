@@ -15,7 +15,7 @@ import numpy as np
 
 from typing import Callable
 
-from .resize import bicubic_resize, resize_taps
+from .resize import ResizedRows, bicubic_resize
 
 COLOR_FIXES = ("none", "wavelet", "ycbcr")
 WAVELET_LEVELS = 5
@@ -96,34 +96,11 @@ def apply_color_fix(out_hwc: np.ndarray, reference_hwc: np.ndarray, method: str)
 
 
 # ------------------------------------------------------------------------------------ band by band
-class ReferenceRows:
-    """Rows of `color_reference(lr, scale)` on demand, planar float32 (C, n, scale*w), from sparse taps.
-
-    Columns are resized first, on just the LR rows a band reads, then rows are gathered (whole rows,
-    contiguous), which keeps a band's cost proportional to its own size."""
+class ReferenceRows(ResizedRows):
+    """Rows of `color_reference(lr, scale)` on demand, planar float32 (C, n, scale*w): antialiased bicubic."""
 
     def __init__(self, lr_hwc: np.ndarray, scale: int = 4) -> None:
-        h, w = lr_hwc.shape[:2]
-        self.lr = np.asarray(lr_hwc, dtype=np.float32).transpose(2, 0, 1)  # a view when already float32
-        rows_index, rows_weight = resize_taps(h, h * scale, antialias=True)
-        cols_index, cols_weight = resize_taps(w, w * scale, antialias=True)
-        self.rows_index, self.rows_weight = rows_index, rows_weight.astype(np.float32)
-        self.cols_index, self.cols_weight = cols_index.T.copy(), cols_weight.T.astype(np.float32)
-
-    def rows(self, start: int, stop: int, col_start: int = 0, col_stop: int | None = None) -> np.ndarray:
-        """Reference rows [start, stop), columns [col_start, col_stop)."""
-        index, weight = self.rows_index[start:stop], self.rows_weight[start:stop]
-        first, last = int(index.min()), int(index.max()) + 1
-        lr = self.lr[:, first:last]
-        cols_index, cols_weight = self.cols_index[:, col_start:col_stop], self.cols_weight[:, col_start:col_stop]
-        wide = lr[:, :, cols_index[0]] * cols_weight[0]
-        for idx, wgt in zip(cols_index[1:], cols_weight[1:]):
-            wide += lr[:, :, idx] * wgt
-        index = index - first
-        out = wide[:, index[:, 0]] * weight[None, :, 0, None]
-        for k in range(1, index.shape[1]):
-            out += wide[:, index[:, k]] * weight[None, :, k, None]
-        return out
+        super().__init__(lr_hwc, scale, antialias=True)
 
 
 def _blur_planar(x: np.ndarray, d: int, edges: tuple[bool, bool, bool, bool]) -> np.ndarray:

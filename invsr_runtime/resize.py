@@ -114,3 +114,34 @@ def resize_taps(in_size: int, out_size: int, antialias: bool) -> tuple[np.ndarra
     total = weight.sum(axis=1, keepdims=True)
     weight = np.divide(weight, total, out=weight.copy(), where=total != 0.0)
     return np.where(valid, taps, lo[:, None]), weight  # unused taps point at a used one (weight 0)
+
+
+class ResizedRows:
+    """Rows of `bicubic_resize(image, scale*h, scale*w, antialias)` on demand, planar float32
+    (C, n, scale*w), from sparse taps, for streaming consumers (colour-fix reference, alpha).
+
+    Columns are resized first, on just the input rows a band reads, then rows are gathered (whole rows,
+    contiguous), which keeps a band's cost and memory proportional to its own size."""
+
+    def __init__(self, image_hwc: np.ndarray, scale: int, antialias: bool) -> None:
+        h, w = image_hwc.shape[:2]
+        self.lr = np.asarray(image_hwc, dtype=np.float32).transpose(2, 0, 1)  # a view when already float32
+        rows_index, rows_weight = resize_taps(h, h * scale, antialias=antialias)
+        cols_index, cols_weight = resize_taps(w, w * scale, antialias=antialias)
+        self.rows_index, self.rows_weight = rows_index, rows_weight.astype(np.float32)
+        self.cols_index, self.cols_weight = cols_index.T.copy(), cols_weight.T.astype(np.float32)
+
+    def rows(self, start: int, stop: int, col_start: int = 0, col_stop: int | None = None) -> np.ndarray:
+        """Reference rows [start, stop), columns [col_start, col_stop)."""
+        index, weight = self.rows_index[start:stop], self.rows_weight[start:stop]
+        first, last = int(index.min()), int(index.max()) + 1
+        lr = self.lr[:, first:last]
+        cols_index, cols_weight = self.cols_index[:, col_start:col_stop], self.cols_weight[:, col_start:col_stop]
+        wide = lr[:, :, cols_index[0]] * cols_weight[0]
+        for idx, wgt in zip(cols_index[1:], cols_weight[1:]):
+            wide += lr[:, :, idx] * wgt
+        index = index - first
+        out = wide[:, index[:, 0]] * weight[None, :, 0, None]
+        for k in range(1, index.shape[1]):
+            out += wide[:, index[:, k]] * weight[None, :, k, None]
+        return out

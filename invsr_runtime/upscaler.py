@@ -24,7 +24,8 @@ from .backends import Backend, open_backend
 from .budget import DEFAULT_MAX_PIXELS, check_image_size
 from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
 from .manifest import Manifest, load_manifest
-from .resize import bicubic_resize
+from .blend import ImageAssembler
+from .resize import ResizedRows
 from .schedule import Schedule, make_schedule, resolve_timesteps
 from .scheduler import ProgressFn, TileScheduler
 
@@ -34,10 +35,17 @@ if TYPE_CHECKING:
 ImageLike = TypeVar("ImageLike", bound=Union["Image.Image", np.ndarray, Picture])
 
 
-def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """An alpha channel upscaled with bicubic (no antialias, like the network's input), clipped to [0, 1]."""
+def upscale_alpha(alpha: np.ndarray, scale: int, out_dtype: str = "float32", band: int = 256) -> np.ndarray:
+    """An alpha channel upscaled with bicubic (no antialias, like the network's input), clipped to [0, 1]
+    and stored as `out_dtype` (float32, or uint8 / uint16 rounded like `imageio.to_uint8` / `to_uint16`,
+    to match the RGB it goes with). Built `band` rows at a time from sparse taps: time and memory grow
+    with the output alone (a dense resize of a 3000x2000 alpha needs ~1.5 GB and tens of seconds)."""
     h, w = alpha.shape
-    return np.clip(bicubic_resize(alpha, h * scale, w * scale, antialias=False), 0.0, 1.0)
+    rows = ResizedRows(alpha[..., None], scale, antialias=False)
+    out = ImageAssembler(h * scale, w * scale, 1, out_dtype)
+    for start in range(0, h * scale, band):
+        out(rows.rows(start, min(start + band, h * scale)), start)
+    return out.image[..., 0]
 
 
 def check_int(name: str, value: Any, minimum: int | None, optional: bool = False) -> int | None:
@@ -135,8 +143,8 @@ class Upscaler:
         return TileScheduler.request(pic.rgb, schedule, color_fix, seed, out_dtype or output_dtype(pic), on_tiles)
 
     def finish_picture(self, pic: Picture, rgb: np.ndarray) -> Picture:
-        """The upscaled Picture from its upscaled RGB (alpha upscaled here with bicubic)."""
-        alpha = upscale_alpha(pic.alpha, self.scale) if pic.alpha is not None else None
+        """The upscaled Picture from its upscaled RGB (alpha upscaled here with bicubic, in the RGB's dtype)."""
+        alpha = upscale_alpha(pic.alpha, self.scale, rgb.dtype.name) if pic.alpha is not None else None
         return replace(pic, rgb=rgb, alpha=alpha)
 
     def upscale_picture(self, pic: Picture, schedule: Schedule, color_fix: str = "none", seed: int = 0,

@@ -120,6 +120,25 @@ def test_wavelet_halo_and_reference_rows():
     np.testing.assert_allclose(rows.rows(10, 37).transpose(1, 2, 0), color_reference(lr, 4)[10:37], atol=3e-7)
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (3, 200), (37, 23), (64, 64)])
+@pytest.mark.parametrize("band", [5, 256])
+def test_alpha_by_bands_equals_the_dense_bicubic(hw, band):
+    """upscale_alpha (sparse taps, band by band, in the RGB's dtype) == the dense bicubic resize, clipped."""
+    from invsr_runtime.imageio import to_uint16
+    from invsr_runtime.resize import bicubic_resize
+    from invsr_runtime.upscaler import upscale_alpha
+
+    alpha = np.random.default_rng(hw[0]).random(hw, dtype=np.float32)
+    want = np.clip(bicubic_resize(alpha, 4 * hw[0], 4 * hw[1], antialias=False), 0.0, 1.0)
+    got = upscale_alpha(alpha, 4, "float32", band=band)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    for dtype, convert in (("uint8", to_uint8), ("uint16", to_uint16)):
+        rounded = upscale_alpha(alpha, 4, dtype, band=band)
+        assert rounded.dtype == dtype and rounded.shape == want.shape
+        assert np.abs(rounded.astype(np.int64) - convert(want)).max() <= 1  # float32 vs float64 sums only
+
+
 def test_colour_fix_refuses_missing_rows():
     stream = ColorFixStream(_image(4, 4), 4, "wavelet", lambda block, row, col: None)
     stream.push(np.zeros((3, 8, 16), np.float32))
@@ -252,15 +271,18 @@ scheduler = TileScheduler([SimulatedDevice(tile=128, batch=8, echo=False)])
 scheduler.submit(np.zeros((8, 8, 3), np.float32), schedule).result()   # warm: threads, canned outputs
 base = max(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 out = scheduler.submit(np.divide(lr8, 255, dtype=np.float32), schedule, color_fix=sys.argv[1], out_dtype="uint8").result()
+if sys.argv[2] == "alpha":  # an RGBA photo: the alpha plane as Upscaler.finish_picture upscales it
+    from invsr_runtime.upscaler import upscale_alpha
+    alpha = upscale_alpha(np.divide(lr8[..., 0], 255, dtype=np.float32), 4, "uint8")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 scheduler.close()
 print((peak - base) / (out.shape[0] * out.shape[1]))
 """
-    for fix in ("none", "wavelet"):
-        res = subprocess.run([sys.executable, "-c", code, fix], capture_output=True, text=True, timeout=600)
+    for fix, alpha in (("none", "-"), ("wavelet", "-"), ("wavelet", "alpha")):
+        res = subprocess.run([sys.executable, "-c", code, fix, alpha], capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr
         per_pixel = float(res.stdout.strip().splitlines()[-1])
-        print(f"colour fix {fix}: {per_pixel:.2f} bytes per output pixel above the loaded runtime")
+        print(f"colour fix {fix}, {alpha}: {per_pixel:.2f} bytes per output pixel above the loaded runtime")
         assert per_pixel <= 8.0
 
 
