@@ -220,7 +220,9 @@ class TileScheduler:
     # ------------------------------------------------------------------------------------ public
     def submit(self, image: np.ndarray, schedule: Schedule, color_fix: str = "none", seed: int = 0,
                out_dtype: str = "float32", on_tiles: ProgressFn | None = None) -> "Future[np.ndarray]":
-        """Queue one RGB HxWx3 image in [0, 1]; the future gives the (scale*H)x(scale*W)x3 `out_dtype` image."""
+        """Queue one RGB HxWx3 image in [0, 1]; the future gives the (scale*H)x(scale*W)x3 `out_dtype` image.
+        `future.cancel()` drops the image: tiles not yet cut never reach a device (those already in an
+        engine batch finish with it and are discarded)."""
         return self.submit_request(self.request(image, schedule, color_fix, seed, out_dtype, on_tiles))
 
     @staticmethod

@@ -109,6 +109,8 @@ class UpscaleEngine:
                 done.set_exception(exc)
 
         rgb.add_done_callback(finish)
+        # a request that gave up stops its image: the scheduler skips the tiles it has not cut yet
+        done.add_done_callback(lambda d: rgb.cancel() if d.cancelled() else None)
         return done
 
     async def upscale(self, schedule: Schedule, params: UpscaleParams,

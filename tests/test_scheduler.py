@@ -256,6 +256,21 @@ def test_errors_reach_their_image_only(schedule):
         TileScheduler([SimulatedDevice(tile=32, batch=2), SimulatedDevice(tile=32, batch=3)])
 
 
+def test_a_cancelled_image_stops_using_the_device(schedule):
+    """Cancelling an image's future (a client gone) skips its remaining tiles; the next image is unaffected."""
+    device = SimulatedDevice(tile=32, batch=1, ms_per_tile=20)
+    big = _image(32 * 12, 32 * 12)  # 23 x 23 = 529 tiles: ~10 s on this device
+    with TileScheduler([device], queue_depth=1) as scheduler:
+        started = threading.Event()
+        future = scheduler.submit(big, schedule, on_tiles=lambda done, total: started.set())
+        assert started.wait(30)
+        assert future.cancel()
+        small = scheduler.submit(_image(20, 20), schedule).result(30)
+    assert small.shape == (80, 80, 3) and future.cancelled()
+    total = plan_tiles(*big.shape[:2], tile=32).num_tiles
+    assert sum(device.batches) < total // 10, f"{sum(device.batches)} of {total} tiles ran after the cancel"
+
+
 def test_a_large_image_stays_within_8_bytes_per_output_pixel():
     """Peak RSS growth (subprocess) of a 1500x1000 LR image -> 24 MP uint8, the returned image and the
     input's float copy included, stays under 8 bytes per output pixel."""

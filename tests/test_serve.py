@@ -311,8 +311,9 @@ def test_tiles_of_concurrent_requests_share_engine_batches(engine):
 
 
 def test_a_cancelled_request_is_dropped_quietly(engine, caplog):
-    """A request that gave up (504, client gone) cancels its future; the scheduler's result arriving
-    later must not raise InvalidStateError inside the callback (it was logged as a traceback per request)."""
+    """A request that gave up (504, client gone) cancels its future: its image's tiles not yet cut never
+    run (no device time for nobody), and no result arriving later may raise InvalidStateError inside the
+    callback (it was logged as a traceback per request)."""
     from invsr_runtime.backends.simulated import SimulatedDevice
     from invsr_runtime.imageio import Picture
     from invsr_runtime.upscaler import Upscaler
@@ -325,12 +326,13 @@ def test_a_cancelled_request_is_dropped_quietly(engine, caplog):
     try:
         pic = Picture(rgb=np.full((16, 16, 3), 0.5, np.float32))
         schedule = upscaler.schedule(1)
-        gone = service.submit(pic, schedule, UpscaleParams())
-        assert gone.cancel()
+        gone = service.submit(Picture(rgb=np.full((160, 160, 3), 0.5, np.float32)), schedule, UpscaleParams())
+        assert gone.cancel()  # 361 tiles of 100 ms: 36 s of device time if they ran
         kept = service.submit(pic, schedule, UpscaleParams())
         assert kept.result(30).rgb.shape == (64, 64, 3)
         time.sleep(0.2)  # the first picture's callback has run by now (results come back in order)
     finally:
         service.close()
     assert gone.cancelled()
+    assert sum(upscaler.backend.batches) <= 6, upscaler.backend.batches  # the kept tile + a batch in flight
     assert not [r for r in caplog.records if r.name == "concurrent.futures"], [r.getMessage() for r in caplog.records]
