@@ -108,9 +108,27 @@ def _progress_printer():
         if seconds is None:
             logger.info("%s %-11s %s ...", stamp, component if stage != "validate" else "all", stage)
         else:
-            logger.info("%s %-11s %s done in %.1f s", stamp, component if stage != "validate" else "all", stage, seconds)
+            logger.info("%s %-11s %s done in %.1f s%s", stamp, component if stage != "validate" else "all", stage,
+                        seconds, _memory_note())
 
     return progress
+
+
+def _memory_note() -> str:
+    """', memory X GB (peak Y GB)': this process's resident set now (Linux) and its high-water mark.
+
+    Export memory decides which machine can build a folder (issue 17), so every stage reports it.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    try:
+        now = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        return f", peak memory {peak / 1e9:.1f} GB"
+    return f", memory {now / 1e9:.1f} GB (peak {peak / 1e9:.1f} GB)"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -232,13 +232,14 @@ def run_export(opts: ExportOptions, progress: Progress = lambda *a: None) -> Exp
         job = ExportJob(opts, backend, env, base, predictor, build_wrappers(base, predictor), specs, tile,
                         graph_rewrites.rewrites_for(backend), stage, reports, progress)
         job.work.mkdir()
+        predictor_sha = _predictor_sha256(str(opts.predictor), predictor)  # before the models may be released
         fp32_paths = _export_graphs(job)
         paths, notes = _precision_pass(job, fp32_paths)
         validation = _validate(job, paths)
         digests = {name: onnx_digest(p) for name, p in paths.items()}
         files, trt_info = _finish_files(job, paths, digests)
         embeds_file = engine_folder.write_prompt_embeds(stage, embeds)
-        provenance = _provenance(job, digests, notes, trt_info)
+        provenance = _provenance(job, digests, notes, trt_info, predictor_sha)
         components = {n: engine_folder.component_spec(stage, files[n], specs[n]) for n in COMPONENTS}
         manifest = engine_folder.build_manifest(
             backend=backend, precision=opts.precision, tile=tile, batch=opts.batch, base=base,
@@ -317,6 +318,7 @@ def _convert_graph(job: ExportJob, name: str, src: Path, dst: Path, feeds: dict[
     if _component_precision(name, job.opts) in ("int8", "fp8"):
         if not feeds:
             feeds.update(job.timed(name, "calibrate", lambda: _calibration_feeds(job)))
+            release_models(job)  # the feeds are recorded: the torch weights are not needed to quantize
         return job.timed(name, "quantize", lambda: _quantize(job, name, feeds.pop(name), src, dst))
     job.timed(name, "fp16", lambda: convert_fp16(src, dst, fp32_softmax=(name == "predictor")))
     return None
@@ -342,6 +344,44 @@ def _quantize(job: ExportJob, name: str, feeds: list, src: Path, dst: Path) -> d
     return notes
 
 
+def release_models(job: ExportJob) -> None:
+    """Free the PyTorch weights (UNet, VAE, predictor: ~5 GB at full size) while big graphs are quantized.
+
+    The modules stay (on the meta device, holding no memory), so nothing else in the job changes;
+    validation reloads them (`_reference_models`). Freed memory is handed back to the system at once,
+    so the peak of the quantize step does not sit on top of the models (issue 17: 12 GB bound).
+    """
+    for module in (job.base.unet, job.base.vae, job.predictor):
+        module.to("meta")
+    _return_free_memory()
+    logger.debug("PyTorch models released before quantization")
+
+
+def _return_free_memory() -> None:
+    """Collect garbage and ask glibc (when it is the allocator) to give freed heap pages back to the OS."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _reference_models(job: ExportJob) -> tuple[Any, Any, dict[str, Any]]:
+    """(base, predictor, graph wrappers) with their weights: the job's, or reloaded if they were released."""
+    if job.base.device.type != "meta":
+        return job.base, job.predictor, job.wrappers
+    from invsr_train.models.base import load_base, load_predictor
+
+    from .wrappers import build_wrappers
+
+    base = load_base(job.opts.base)
+    predictor = load_predictor(job.opts.predictor, base_name=base.name)
+    return base, predictor, build_wrappers(base, predictor)
+
+
 def _validate(job: ExportJob, paths: dict[str, Path]) -> dict[str, Any]:
     """ORT vs the PyTorch reference; raises ValidationFailed when the gate is enforced and missed."""
     from invsr_train.pipeline import ReferencePipeline
@@ -351,9 +391,10 @@ def _validate(job: ExportJob, paths: dict[str, Path]) -> dict[str, Any]:
     opts = job.opts
     if not opts.validate:
         return {"skipped": True, "reason": "--no-validate"}
-    pipeline = ReferencePipeline(job.base, job.predictor)
+    base, predictor, wrappers = _reference_models(job)
+    pipeline = ReferencePipeline(base, predictor)
     result = job.timed("unet", "validate", lambda: validate(
-        paths, pipeline, job.wrappers, opts.precision, job.tile, opts.batch, tiles=opts.validate_tiles,
+        paths, pipeline, wrappers, opts.precision, job.tile, opts.batch, tiles=opts.validate_tiles,
         steps=opts.validate_steps, images=None, gate_db=opts.gate_db,
         quantized=[n for n in COMPONENTS if _component_precision(n, opts) in ("int8", "fp8")]))
     for name, errors in result.components.items():
@@ -427,7 +468,7 @@ def _build_flags(opts: ExportOptions, tensorrt: bool) -> list[str]:
 
 
 def _provenance(job: ExportJob, digests: dict[str, str], notes: dict[str, Any],
-                trt_info: dict[str, Any] | None) -> dict[str, Any]:
+                trt_info: dict[str, Any] | None, predictor_sha256: str) -> dict[str, Any]:
     """Where the folder came from: models, hashes, tools, build flags."""
     opts = job.opts
     info = {k: v for k, v in job.base.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -435,7 +476,7 @@ def _provenance(job: ExportJob, digests: dict[str, str], notes: dict[str, Any],
         "base": job.base.name,
         "base_info": info,
         "predictor": str(opts.predictor),
-        "predictor_sha256": _predictor_sha256(str(opts.predictor), job.predictor),
+        "predictor_sha256": predictor_sha256,
         "onnx_sha256": digests,
         "opset": opts.opset,
         "tile": job.tile,
