@@ -75,6 +75,16 @@ class UpscaleEngine:
         return self.upscaler.schedule(None if params.timesteps is not None else (params.steps or 1),
                                       params.timesteps)
 
+    def busy(self) -> str | None:
+        """Why a new request would be refused right now (queue full, pixel budget spent), else None: lets
+        the service answer 503 before reading a body it could not take (the real admission follows it)."""
+        with self._lock:
+            if self.stats.queued >= self.max_queue:
+                return f"the queue is full ({self.max_queue} requests): retry later"
+            if self.stats.inflight_pixels >= self.max_inflight_pixels:
+                return f"{self.stats.inflight_pixels:,} pixels are in flight (limit {self.max_inflight_pixels:,}): retry later"
+        return None
+
     def admit(self) -> "Admission":
         """Count one request in (Busy when `max_queue` are already in); use as a context manager."""
         with self._lock:

@@ -90,6 +90,9 @@ async def upscale(request: Request) -> Response:
         schedule = engine.schedule(params)
     except (ParamError, ScheduleError) as exc:
         raise ApiError(400, str(exc)) from None
+    early = engine.busy()
+    if early is not None:  # refuse before reading the body: an overloaded service answers at once
+        raise ApiError(503, early, {"Retry-After": RETRY_AFTER_S})
     body = await read_body(request, config.max_body_bytes, config.request_timeout)
     data = await image_bytes(request, body)
     try:
