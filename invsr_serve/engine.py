@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -63,6 +63,8 @@ class UpscaleEngine:
         self.upscaler = upscaler
         self.max_queue, self.max_inflight_pixels = max_queue, max_inflight_pixels
         self.scheduler = upscaler.scheduler(max_wait_s=max_batch_wait_ms / 1000.0)
+        # alpha planes are upscaled here, not on the scheduler's blend thread that every request shares
+        self._finisher = ThreadPoolExecutor(2, thread_name_prefix="invsr-finish")
         self.stats = EngineStats()
         self._lock = threading.Lock()
 
@@ -118,7 +120,8 @@ class UpscaleEngine:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
                 done.set_exception(exc)
 
-        rgb.add_done_callback(finish)
+        # called on the blend thread: a picture with alpha (a resize of its own) finishes elsewhere
+        rgb.add_done_callback(finish if pic.alpha is None else lambda fut: self._finisher.submit(finish, fut))
         # a request that gave up stops its image: the scheduler skips the tiles it has not cut yet
         done.add_done_callback(lambda d: rgb.cancel() if d.cancelled() else None)
         return done
@@ -142,4 +145,5 @@ class UpscaleEngine:
 
     def close(self) -> None:
         self.scheduler.close()
+        self._finisher.shutdown()
         self.upscaler.close()

@@ -338,6 +338,41 @@ def test_tiles_of_concurrent_requests_share_engine_batches(engine):
         thread.join(60)
 
 
+def test_an_alpha_picture_does_not_hold_up_the_others(engine):
+    """Finishing a picture with alpha (its own resize) runs off the scheduler's shared blend thread: a plain
+    picture submitted right after it is done while the alpha one is still being finished."""
+    from invsr_runtime.backends.simulated import SimulatedDevice
+    from invsr_runtime.imageio import Picture
+    from invsr_runtime.upscaler import Upscaler
+    from invsr_serve.codec import UpscaleParams
+    from invsr_serve.engine import UpscaleEngine
+
+    upscaler = Upscaler(engine)
+    upscaler.backend = SimulatedDevice(tile=16, scale=4, batch=1)
+    release = threading.Event()
+    real_finish = upscaler.finish_picture
+
+    def slow_finish(pic, rgb):  # stands for a large alpha plane's resize
+        if pic.alpha is not None:
+            assert release.wait(30)
+        return real_finish(pic, rgb)
+
+    upscaler.finish_picture = slow_finish
+    service = UpscaleEngine(upscaler, max_queue=4, max_inflight_pixels=10**7)
+    try:
+        schedule = upscaler.schedule(1)
+        rgba = Picture(rgb=np.full((16, 16, 3), 0.5, np.float32), alpha=np.full((16, 16), 0.25, np.float32))
+        with_alpha = service.submit(rgba, schedule, UpscaleParams())
+        plain = service.submit(Picture(rgb=np.full((16, 16, 3), 0.5, np.float32)), schedule, UpscaleParams())
+        assert plain.result(10).rgb.shape == (64, 64, 3) and not with_alpha.done()
+        release.set()
+        out = with_alpha.result(10)
+        assert out.alpha.shape == (64, 64) and out.alpha.dtype == out.rgb.dtype
+    finally:
+        release.set()
+        service.close()
+
+
 def test_a_cancelled_request_is_dropped_quietly(engine, caplog):
     """A request that gave up (504, client gone) cancels its future: its image's tiles not yet cut never
     run (no device time for nobody), and no result arriving later may raise InvalidStateError inside the
