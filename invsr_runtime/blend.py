@@ -144,8 +144,9 @@ class ImageAssembler:
             raise ValueError(f"output dtype {self.dtype} not supported: use one of {', '.join(OUTPUT_DTYPES)}")
         self.image = np.empty((height, width, channels), dtype=self.dtype)
 
-    def __call__(self, block: np.ndarray, row: int, col: int = 0) -> None:
-        """Put a planar (C, n, m) float32 block (modified in place) at (row, col)."""
+    def __call__(self, block: np.ndarray, row: int, col: int = 0, channel: int | None = None) -> None:
+        """Put a planar (C, n, m) float32 block (modified in place) at (row, col); `channel`: the block is
+        (1, n, m) and holds that channel only (threads may write different channels at once)."""
         n, m = block.shape[1:]
         np.clip(block, 0.0, 1.0, out=block)
         if self.dtype != np.float32:
@@ -153,5 +154,6 @@ class ImageAssembler:
             block += 0.5
             block = block.astype(self.dtype)  # truncation after +0.5: the rounding of to_uint8 / to_uint16
         target = self.image[row:row + n, col:col + m]
-        for channel in range(block.shape[0]):  # one channel at a time: a transposed assignment is ~4x slower
-            target[..., channel] = block[channel]
+        channels = range(block.shape[0]) if channel is None else [channel]
+        for k, c in enumerate(channels):  # one channel at a time: a transposed assignment is ~4x slower
+            target[..., c] = block[k]

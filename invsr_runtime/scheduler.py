@@ -4,7 +4,10 @@
       -> queue (queue_depth batches)
     one thread per backend (device): run_chain, which releases the GIL while the device works
       -> queue (queue_depth batches)
-    blend thread     StreamingBlender -> ColorFixStream -> ImageAssembler per image; resolves its future
+    blend thread     StreamingBlender -> ColorFixStream -> ImageAssembler per image; resolves its future;
+                     for the channel-wise colour fixes (none, wavelet) it hands channel c of each tile to
+                     lane c (`lanes.ChannelLanes`: three threads, each channel's tiles in order), and the
+                     lane that completes an image's last channel resolves its future
 
 So while a device runs batch k, the host prepares batch k+1 and blends batch k-1. The queue depth is
 the memory bound (batches in flight = 2 * queue_depth + one per device). The scheduler owns the queues
@@ -25,7 +28,8 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -33,6 +37,7 @@ import numpy as np
 
 from .blend import ImageAssembler, StreamingBlender
 from .colorfix import COLOR_FIXES, ColorFixStream
+from .lanes import ChannelLanes
 from .noise import tile_noise
 from .schedule import Schedule
 from .tiling import TilePlan, plan_tiles
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: on_tiles(done, total): progress of one image, called from the blend thread after each batch.
 ProgressFn = Callable[[int, int], None]
+#: Colour fixes that work channel by channel: their images are blended on the channel lanes.
+CHANNELWISE_FIXES = ("none", "wavelet")
 T = TypeVar("T")
 _STOP = object()
 
@@ -79,9 +86,11 @@ def pad_planar(image: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 
 class _Job:
-    """One image in flight: its padded planar LR on the host side, its blend on the other."""
+    """One image in flight: its padded planar LR on the host side, its blend on the other (on the blend
+    thread, or channel by channel on the lanes, which then finish the image and call `on_finished`)."""
 
-    def __init__(self, request: TileRequest, tile: int, scale: int) -> None:
+    def __init__(self, request: TileRequest, tile: int, scale: int, lanes: ChannelLanes | None = None,
+                 on_finished: Callable[[], None] = lambda: None) -> None:
         image = request.image
         self.seed, self.schedule, self.on_tiles = request.seed, request.schedule, request.on_tiles
         self.future: Future = Future()
@@ -91,9 +100,21 @@ class _Job:
         lr = self.padded[:, top:top + image.shape[0], left:left + image.shape[1]].transpose(1, 2, 0)
         h, w = image.shape[0] * scale, image.shape[1] * scale
         self.assembler: ImageAssembler | None = ImageAssembler(h, w, 3, request.out_dtype)
-        self.color: ColorFixStream | None = ColorFixStream(lr, scale, request.color_fix, self.assembler)
-        self.blender: StreamingBlender | None = StreamingBlender(self.plan, self.color.push)
+        self.color: ColorFixStream | None = None
+        self.blender: StreamingBlender | None = None
+        self.lanes = lanes if lanes is not None and len(lanes) == 3 and request.color_fix in CHANNELWISE_FIXES else None
+        self.channels: list[tuple[StreamingBlender, ColorFixStream]] | None = None
+        if self.lanes is not None:
+            self.channels = [self._channel(lr[..., c:c + 1], c, scale, request.color_fix) for c in range(3)]
+            self._left, self._lock, self._on_finished = 3, threading.Lock(), on_finished
+        else:
+            self.color = ColorFixStream(lr, scale, request.color_fix, self.assembler)
+            self.blender = StreamingBlender(self.plan, self.color.push)
         self.done = 0
+
+    def _channel(self, lr: np.ndarray, c: int, scale: int, fix: str) -> tuple[StreamingBlender, ColorFixStream]:
+        color = ColorFixStream(lr, scale, fix, partial(self.assembler, channel=c))
+        return StreamingBlender(self.plan, color.push, channels=1), color
 
     @property
     def failed(self) -> bool:
@@ -101,16 +122,45 @@ class _Job:
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
-            self.future.set_exception(exc)
-        self.padded = self.assembler = self.color = self.blender = None
+            try:
+                self.future.set_exception(exc)
+            except InvalidStateError:  # cancelled or finished meanwhile by another thread
+                pass
+        self.padded = self.assembler = self.color = self.blender = self.channels = None
 
     def add(self, index: int, tile_chw: np.ndarray) -> None:
-        self.blender.add(index, tile_chw)
+        if self.lanes is None:
+            self.blender.add(index, tile_chw)
+        else:
+            for c in range(3):
+                self.lanes.put(c, partial(self._add_channel, c, index, tile_chw[c:c + 1]))
         self.done += 1
 
+    def _add_channel(self, c: int, index: int, tile: np.ndarray) -> None:
+        """On lane c: blend channel c of one tile; the lane that completes the last channel finishes the image."""
+        if self.failed:
+            return
+        try:
+            blender, color = self.channels[c]
+            blender.add(index, tile)
+            if not blender.done:
+                return
+            color.finish()
+            with self._lock:
+                self._left -= 1
+                last = self._left == 0
+            if last:
+                self.future.set_result(self.assembler.image)
+                self.padded = self.assembler = self.channels = None
+                self._on_finished()
+        except InvalidStateError:  # cancelled meanwhile: nobody waits for the image
+            self.padded = self.assembler = self.channels = None
+        except Exception as exc:  # noqa: BLE001 - routed to this image
+            self.fail(exc)
+
     def finish_if_done(self) -> bool:
-        if self.done < self.plan.num_tiles or self.failed:
-            return False
+        if self.lanes is not None or self.done < self.plan.num_tiles or self.failed:
+            return False  # lane-blended images are finished by their last lane
         self.color.finish()
         self.future.set_result(self.assembler.image)
         self.padded = self.assembler = self.color = self.blender = None  # the result is all that stays
@@ -210,6 +260,8 @@ class TileScheduler:
         self._streams = 0
         self._closed = self._cancelled = False
         self._workers_left = len(self.chains)
+        # channel by channel blending (the host's largest cost), each channel's tiles in order on its lane
+        self._lanes = ChannelLanes(3, depth=2 * self.batch)
         self._threads = [threading.Thread(target=self._feed, name="invsr-host", daemon=True),
                          threading.Thread(target=self._blend, name="invsr-blend", daemon=True)]
         self._threads += [threading.Thread(target=self._run, args=(i,), name=f"invsr-device{i}", daemon=True)
@@ -323,6 +375,7 @@ class TileScheduler:
         self._jobs.put(_STOP)
         for thread in self._threads:
             thread.join()
+        self._lanes.close()  # after the blend thread: every tile handed over is blended
 
     def __enter__(self) -> "TileScheduler":
         return self
@@ -337,7 +390,7 @@ class TileScheduler:
 
     def submit_request(self, request: TileRequest) -> "Future[np.ndarray]":
         """Queue a request made by `request()`; its future gives the upscaled image."""
-        job = _Job(request, self.tile, self.scale)
+        job = _Job(request, self.tile, self.scale, self._lanes, self._image_done)
         with self._lock:
             self._check_open()
             self._jobs.put(job)
@@ -429,6 +482,10 @@ class TileScheduler:
                     job.fail(exc)
             for job in touched.values():
                 self._progress(job)
+
+    def _image_done(self) -> None:
+        with self._lock:
+            self.stats.images += 1
 
     def _progress(self, job: _Job) -> None:
         callback = job.on_tiles

@@ -256,6 +256,32 @@ def test_errors_reach_their_image_only(schedule):
         TileScheduler([SimulatedDevice(tile=32, batch=2), SimulatedDevice(tile=32, batch=3)])
 
 
+def test_channel_lanes_run_in_order_survive_errors_and_drain_on_close():
+    from invsr_runtime.lanes import ChannelLanes
+
+    lanes, seen = ChannelLanes(2, depth=2), {0: [], 1: []}
+    for k in range(20):
+        lanes.put(k % 2, lambda k=k: seen[k % 2].append(k))
+    lanes.put(0, lambda: 1 / 0)  # logged; the lane goes on
+    lanes.put(0, lambda: seen[0].append("after"))
+    lanes.close()
+    assert seen == {0: list(range(0, 20, 2)) + ["after"], 1: list(range(1, 20, 2))}
+    lanes.close()  # idempotent
+
+
+def test_lane_blending_counts_images_and_keeps_ycbcr_on_the_blend_thread(schedule):
+    """none / wavelet images are blended channel by channel on the lanes, ycbcr (mixes channels) on the
+    blend thread; all finish, are counted, and match the reference loop."""
+    device = SimulatedDevice(tile=32, batch=3)
+    img = _image(40, 56)
+    with TileScheduler([device]) as scheduler:
+        outs = {fix: scheduler.submit(img, schedule, color_fix=fix, seed=2) for fix in ("none", "wavelet", "ycbcr")}
+        got = {fix: f.result(30) for fix, f in outs.items()}
+    assert scheduler.stats.images == 3
+    for fix, out in got.items():
+        np.testing.assert_allclose(out, upscale_rgb(device, img, schedule, color_fix=fix, seed=2), atol=5e-7)
+
+
 def test_a_cancelled_image_stops_using_the_device(schedule):
     """Cancelling an image's future (a client gone) skips its remaining tiles; the next image is unaffected."""
     device = SimulatedDevice(tile=32, batch=1, ms_per_tile=20)
