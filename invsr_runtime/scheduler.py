@@ -10,7 +10,8 @@
                      lane that completes an image's last channel resolves its future
 
 So while a device runs batch k, the host prepares batch k+1 and blends batch k-1. The queue depth is
-the memory bound (batches in flight = 2 * queue_depth + one per device). The scheduler owns the queues
+the memory bound (batches in flight = 2 * queue_depth + one per device, and up to two batches' tiles
+handed to the lanes). The scheduler owns the queues
 and nothing else: backends are plain executors (`TileChain`) and stay the caller's to close.
 
 Results never depend on the scheduling: each tile's noise is `tile_noise(seed, tile index within its
@@ -29,8 +30,8 @@ import queue
 import threading
 import time
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
