@@ -127,6 +127,10 @@ class _Job:
                 self.future.set_exception(exc)
             except InvalidStateError:  # cancelled or finished meanwhile by another thread
                 pass
+        self._release()
+
+    def _release(self) -> None:
+        """Drop everything but the future: its result (if any) is all that stays."""
         self.padded = self.assembler = self.color = self.blender = self.channels = None
 
     def add(self, index: int, tile_chw: np.ndarray) -> None:
@@ -152,10 +156,10 @@ class _Job:
                 last = self._left == 0
             if last:
                 self.future.set_result(self.assembler.image)
-                self.padded = self.assembler = self.channels = None
+                self._release()
                 self._on_finished()
         except InvalidStateError:  # cancelled meanwhile: nobody waits for the image
-            self.padded = self.assembler = self.channels = None
+            self._release()
         except Exception as exc:  # noqa: BLE001 - routed to this image
             self.fail(exc)
 
@@ -164,7 +168,7 @@ class _Job:
             return False  # lane-blended images are finished by their last lane
         self.color.finish()
         self.future.set_result(self.assembler.image)
-        self.padded = self.assembler = self.color = self.blender = None  # the result is all that stays
+        self._release()
         return True
 
 
