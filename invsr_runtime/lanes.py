@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +20,14 @@ _STOP = object()
 
 class ChannelLanes:
     """`lanes` worker threads; `put(lane, work)` queues a callable on one of them (blocks while `depth`
-    items wait there: the memory bound of the tiles handed over). Work items handle their own errors."""
+    items wait there: the memory bound of the tiles handed over). Work items handle their own errors.
+    `initializer()` runs first on each thread (per-thread settings such as numpy's buffer size)."""
 
-    def __init__(self, lanes: int = 3, depth: int = 16) -> None:
+    def __init__(self, lanes: int = 3, depth: int = 16, initializer: Optional[Callable[[], None]] = None) -> None:
         if lanes < 1 or depth < 1:
             raise ValueError(f"lanes and depth must be >= 1, got lanes={lanes} depth={depth}")
         self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in range(lanes)]
+        self._initializer = initializer
         self._threads = [threading.Thread(target=self._run, args=(q,), name=f"invsr-lane{i}", daemon=True)
                          for i, q in enumerate(self._queues)]
         for thread in self._threads:
@@ -46,8 +48,12 @@ class ChannelLanes:
         for thread in self._threads:
             thread.join()
 
-    @staticmethod
-    def _run(q: queue.Queue) -> None:
+    def _run(self, q: queue.Queue) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:  # noqa: BLE001 - a setting that failed must not lose the lane
+                logger.exception("a channel lane's initializer raised")
         while True:
             work = q.get()
             if work is _STOP:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .blend import ImageAssembler, StreamingBlender
+from .blend import ImageAssembler, StreamingBlender, TileWeights, use_blend_buffers
 from .colorfix import COLOR_FIXES, ColorFixStream
 from .lanes import ChannelLanes
 from .noise import tile_noise
@@ -106,16 +106,18 @@ class _Job:
         self.lanes = lanes if lanes is not None and len(lanes) == 3 and request.color_fix in CHANNELWISE_FIXES else None
         self.channels: list[tuple[StreamingBlender, ColorFixStream]] | None = None
         if self.lanes is not None:
-            self.channels = [self._channel(lr[..., c:c + 1], c, scale, request.color_fix) for c in range(3)]
+            weights = TileWeights(self.plan)
+            self.channels = [self._channel(lr[..., c:c + 1], c, scale, request.color_fix, weights) for c in range(3)]
             self._left, self._lock, self._on_finished = 3, threading.Lock(), on_finished
         else:
             self.color = ColorFixStream(lr, scale, request.color_fix, self.assembler)
             self.blender = StreamingBlender(self.plan, self.color.push)
         self.done = 0
 
-    def _channel(self, lr: np.ndarray, c: int, scale: int, fix: str) -> tuple[StreamingBlender, ColorFixStream]:
+    def _channel(self, lr: np.ndarray, c: int, scale: int, fix: str,
+                 weights: TileWeights) -> tuple[StreamingBlender, ColorFixStream]:
         color = ColorFixStream(lr, scale, fix, partial(self.assembler, channel=c))
-        return StreamingBlender(self.plan, color.push, channels=1), color
+        return StreamingBlender(self.plan, color.push, channels=1, weights=weights), color
 
     @property
     def failed(self) -> bool:
@@ -266,7 +268,7 @@ class TileScheduler:
         self._closed = self._cancelled = False
         self._workers_left = len(self.chains)
         # channel by channel blending (the host's largest cost), each channel's tiles in order on its lane
-        self._lanes = ChannelLanes(3, depth=2 * self.batch)
+        self._lanes = ChannelLanes(3, depth=2 * self.batch, initializer=self._blend_thread_setup)
         self._threads = [threading.Thread(target=self._feed, name="invsr-host", daemon=True),
                          threading.Thread(target=self._blend, name="invsr-blend", daemon=True)]
         self._threads += [threading.Thread(target=self._run, args=(i,), name=f"invsr-device{i}", daemon=True)
@@ -467,7 +469,11 @@ class TileScheduler:
         if last:
             self._done.put(_STOP)
 
+    def _blend_thread_setup(self) -> None:
+        use_blend_buffers(self.tile * self.scale)
+
     def _blend(self) -> None:
+        self._blend_thread_setup()
         while True:
             item = self._done.get()
             if item is _STOP:

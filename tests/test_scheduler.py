@@ -269,6 +269,58 @@ def test_channel_lanes_run_in_order_survive_errors_and_drain_on_close():
     lanes.close()  # idempotent
 
 
+def test_blend_threads_use_short_ufunc_buffers_and_leave_other_threads_alone(schedule):
+    """The blend thread and the lanes iterate strided tile rows without numpy's buffer copies (a buffer of
+    half a tile row); the caller's thread keeps numpy's default."""
+    from invsr_runtime.lanes import ChannelLanes
+
+    default = np.getbufsize()
+    lanes, seen = ChannelLanes(2, depth=2, initializer=lambda: np.setbufsize(64)), []
+    lanes.put(1, lambda: seen.append(np.getbufsize()))
+    lanes.close()
+    assert seen == [64]
+    on_blend_thread: list[int] = []
+    with TileScheduler([SimulatedDevice(tile=128, batch=1)]) as scheduler:  # 512-px tiles: half a row = 256
+        scheduler.submit(_image(8, 8), schedule, color_fix="ycbcr",
+                         on_tiles=lambda done, total: on_blend_thread.append(np.getbufsize())).result(30)
+        lane_sizes = [np.getbufsize()]
+        scheduler._lanes.put(0, lambda: lane_sizes.append(np.getbufsize()))
+    assert on_blend_thread == [256] and lane_sizes == [default, 256] and np.getbufsize() == default
+
+
+def test_tile_weights_are_built_once_per_distinct_weight_and_shared():
+    """The normalised weight of every tile, built once per distinct (row class, column class) in float32
+    from the float64 product, and the same object for every tile (and every channel) that shares it."""
+    from invsr_runtime.blend import TileWeights
+
+    plan = plan_tiles(300, 250, tile=32)  # 19 x 16 tiles
+    weights = TileWeights(plan)
+    kernel = TileBlender(plan, 1)._kernel  # the whole-image blender's float64 2-D Gaussian
+    total = np.zeros((plan.padded_h * 4, plan.padded_w * 4))
+    for y, x in plan.origins:
+        total[y * 4:y * 4 + 128, x * 4:x * 4 + 128] += kernel
+    rows, cols = len(weights.ys), len(weights.xs)
+    assert rows * cols == plan.num_tiles
+    got = {}
+    for index, (y, x) in enumerate(plan.origins):
+        r, c = divmod(index, cols)
+        w = weights(r, c)
+        expected = (kernel / total[y * 4:y * 4 + 128, x * 4:x * 4 + 128]).astype(np.float32)
+        np.testing.assert_allclose(w, expected, rtol=2e-7, atol=0)
+        assert w.dtype == np.float32 and not w.flags.writeable
+        got.setdefault(id(w), w)
+    assert len(got) == len(weights._built) <= 25 < plan.num_tiles
+    assert weights(5, 5) is weights(6, 7)  # interior tiles share one array
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(TileWeights.__call__(fresh, 0, 0)))
+               for fresh in [TileWeights(plan)] for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(w) for w in results}) == 1  # concurrent first use builds it once
+
+
 def test_lane_blending_counts_images_and_keeps_ycbcr_on_the_blend_thread(schedule):
     """none / wavelet images are blended channel by channel on the lanes, ycbcr (mixes channels) on the
     blend thread; all finish, are counted, and match the reference loop."""
