@@ -45,14 +45,14 @@ def load_image(spec: str) -> np.ndarray:
 
 
 def time_image(chains: Sequence[Any], image: np.ndarray, schedule: Any, color_fix: str, iters: int,
-               warmup: int = 1, queue_depth: int = 2) -> dict[str, Any]:
+               warmup: int = 1, queue_depth: int = 2, seed: int = 0) -> dict[str, Any]:
     """Median wall seconds per image and device seconds per image (summed over devices) on `chains`."""
     walls, device = [], []
     with TileScheduler(list(chains), queue_depth=queue_depth) as scheduler:
         for i in range(warmup + iters):
             before = sum(scheduler.stats.device_seconds)
             start = time.perf_counter()
-            scheduler.submit(image, schedule, color_fix=color_fix, out_dtype="uint8").result()
+            scheduler.submit(image, schedule, color_fix=color_fix, seed=seed, out_dtype="uint8").result()
             if i >= warmup:
                 walls.append(time.perf_counter() - start)
                 device.append(sum(scheduler.stats.device_seconds) - before)
@@ -61,17 +61,21 @@ def time_image(chains: Sequence[Any], image: np.ndarray, schedule: Any, color_fi
 
 def simulated_rows(image: np.ndarray, device_ms: Sequence[float], devices: Sequence[int], color_fix: str,
                    iters: int, tile: int = 128, batch: int = 8) -> list[dict[str, Any]]:
-    """One row per (simulated ms per tile, device count), plus the null device (host cost)."""
+    """One row per (simulated ms per tile, device count), plus the null device (host cost) with the default
+    seed (its noise from the runtime's noise table) and with seed 1 (every tile's noise drawn)."""
     from invsr_runtime.backends.simulated import SimulatedDevice
 
     schedule = make_schedule((200,), alphas_cumprod(**SD_TURBO_SCHEDULER))
     tiles = plan_tiles(image.shape[0], image.shape[1], tile=tile).num_tiles
     out_px = image.shape[0] * image.shape[1] * 16
-    null = time_image([SimulatedDevice(tile, 4, batch, 0.0, echo=False)], image, schedule, color_fix, iters)
-    host_ms = null["wall_s"] / tiles * 1e3
-    rows = [{"device": "null", "devices": 1, "device_ms_per_tile": 0.0, "tiles": tiles,
-             "latency_s": null["wall_s"], "mpix_per_s": out_px / null["wall_s"] / 1e6,
-             "host_ms_per_tile": host_ms, "efficiency": None}]
+    rows = []
+    for seed, name in ((0, "null"), (1, "null, seed 1 (noise drawn per tile)")):
+        null = time_image([SimulatedDevice(tile, 4, batch, 0.0, echo=False)], image, schedule, color_fix, iters,
+                          seed=seed)
+        rows.append({"device": name, "devices": 1, "device_ms_per_tile": 0.0, "tiles": tiles, "seed": seed,
+                     "latency_s": null["wall_s"], "mpix_per_s": out_px / null["wall_s"] / 1e6,
+                     "host_ms_per_tile": null["wall_s"] / tiles * 1e3, "efficiency": None})
+    host_ms = rows[0]["host_ms_per_tile"]
     for ms in device_ms:
         for n in devices:
             chains = [SimulatedDevice(tile, 4, batch, ms, echo=False) for _ in range(n)]
@@ -190,7 +194,9 @@ def render(report: dict[str, Any]) -> str:
              f"created {report['created']}; load average at the end {report.get('load_average_at_end')} "
              "(other processes on a shared machine slow the host side).", "",
              "Efficiency = device busy time / (devices x wall time): 1.0 = the device never waits for the host. "
-             "Host ms/tile = wall time per tile on a null device (cutting, noise, blending, colour fix).", "",
+             "Host ms/tile = wall time per tile on a null device (cutting, noise, blending, colour fix), "
+             "seed 0 (the default: the first 256 tiles' noise comes from the runtime's noise table) unless the "
+             "row says seed 1 (every tile's noise drawn).", "",
              "| device | devices | tiles | latency s | out MPix/s | host ms/tile | device ms/tile | efficiency |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:

@@ -1,6 +1,6 @@
 """The tile scheduler: images in, full engine batches of tiles through one or more backends, images out.
 
-    host thread      cut tiles + tile_noise, pack engine batches (tiles of consecutive images share one)
+    host thread      cut tiles + their noise (NoiseTable), pack engine batches (tiles of consecutive images share one)
       -> queue (queue_depth batches)
     one thread per backend (device): run_chain, which releases the GIL while the device works
       -> queue (queue_depth batches)
@@ -39,7 +39,7 @@ import numpy as np
 from .blend import ImageAssembler, StreamingBlender, TileWeights, use_blend_buffers
 from .colorfix import COLOR_FIXES, ColorFixStream
 from .lanes import ChannelLanes
-from .noise import tile_noise
+from .noise import TABLE_TILES, NoiseTable
 from .schedule import Schedule
 from .tiling import TilePlan, plan_tiles
 
@@ -190,10 +190,12 @@ class _Batch:
 
 
 class _BatchBuilder:
-    """Fills the next engine batch tile by tile (cutting from the padded planar LR, drawing the noise)."""
+    """Fills the next engine batch tile by tile (cutting from the padded planar LR, taking the noise from
+    `noise`, a NoiseTable)."""
 
-    def __init__(self, batch: int, tile: int, latent: int, fixed: bool) -> None:
-        self.batch, self.tile, self.latent, self.fixed = batch, tile, latent, fixed
+    def __init__(self, batch: int, tile: int, noise: NoiseTable, fixed: bool) -> None:
+        self.batch, self.tile, self.noise, self.fixed = batch, tile, noise, fixed
+        self.latent = noise.latent_hw[0]
         self.entries: list[tuple[_Job, int]] = []
         self.schedule: Schedule | None = None
         self._new()
@@ -208,7 +210,7 @@ class _BatchBuilder:
         k, t = len(self.entries), self.tile
         y, x = job.plan.origins[index]
         self.lr[k] = job.padded[:, y:y + t, x:x + t]
-        self.vae[k], self.pred[k] = tile_noise(job.seed, index, (self.latent, self.latent))
+        self.vae[k], self.pred[k] = self.noise(job.seed, index)
         self.entries.append((job, index))
         self.schedule = job.schedule
 
@@ -247,13 +249,19 @@ class TileScheduler:
     `submit()` is thread-safe (concurrent requests); `map()` streams a sequence with look-ahead.
     `queue_depth` batches wait between stages (the memory bound); `close()` drains and stops the threads.
     `max_wait_s`: how long a partial engine batch may keep idle devices waiting for tiles of images not
-    yet submitted (a service's concurrent requests); 0 sends it at once.
+    yet submitted (a service's concurrent requests); 0 sends it at once. `noise`: a NoiseTable to share
+    (an Upscaler's, across its schedulers); without one the host thread draws its own of `noise_tiles`
+    tiles when it starts (0: none, every tile's noise drawn as it is cut).
     """
 
     def __init__(self, chains: Sequence[Any] | Any, queue_depth: int = 2, poll_s: float = 0.002,
-                 max_wait_s: float = 0.0) -> None:
+                 max_wait_s: float = 0.0, noise: NoiseTable | None = None, noise_tiles: int = TABLE_TILES) -> None:
         self.chains = list(chains) if isinstance(chains, (list, tuple)) else [chains]
         self.batch, self.tile, self.scale, self.fixed_batch = _check_chains(self.chains)
+        latent = self.tile * self.scale // 8
+        if noise is not None and noise.latent_hw != (latent, latent):
+            raise ValueError(f"noise table of {noise.latent_hw} latents, the backends need {(latent, latent)}")
+        self._noise, self._noise_tiles = noise, noise_tiles
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
         if not max_wait_s >= 0:
@@ -416,7 +424,11 @@ class TileScheduler:
                     return None
 
     def _feed(self) -> None:
-        builder = _BatchBuilder(self.batch, self.tile, self.tile * self.scale // 8, self.fixed_batch)
+        noise = self._noise
+        if noise is None:  # drawn here, not in the constructor: the caller's thread does not wait for it
+            latent = self.tile * self.scale // 8
+            noise = self._noise = NoiseTable((latent, latent), self._noise_tiles)
+        builder = _BatchBuilder(self.batch, self.tile, noise, self.fixed_batch)
         while True:
             job = self._next_job(partial=bool(builder.entries))
             if job is None or job is _STOP:

@@ -14,6 +14,7 @@ object with the backend contract (docs/INTERFACES.md, "The backend contract"), e
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar, Union
@@ -24,6 +25,7 @@ from .backends import Backend, open_backend
 from .budget import DEFAULT_MAX_PIXELS, check_image_size
 from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
 from .manifest import Manifest, load_manifest
+from .noise import NoiseTable
 from .blend import ImageAssembler
 from .resize import ResizedRows
 from .schedule import Schedule, make_schedule, resolve_timesteps
@@ -114,6 +116,8 @@ class Upscaler:
             raise
         self.backend: Backend = self.backends[0]
         self.queue_depth = queue_depth_for(tile_batch, self.backend.batch)
+        self._noise: NoiseTable | None = None
+        self._noise_lock = threading.Lock()
 
     @property
     def scale(self) -> int:
@@ -128,7 +132,16 @@ class Upscaler:
     def scheduler(self, max_wait_s: float = 0.0) -> TileScheduler:
         """A tile scheduler over this folder's backends (the caller closes it); for streams of images and
         concurrent callers (`max_wait_s`: see TileScheduler)."""
-        return TileScheduler(self.chains, queue_depth=self.queue_depth, max_wait_s=max_wait_s)
+        return TileScheduler(self.chains, queue_depth=self.queue_depth, max_wait_s=max_wait_s, noise=self.noise_table())
+
+    def noise_table(self) -> NoiseTable:
+        """The default seed's noise table, drawn on first use and shared by every scheduler of this Upscaler
+        (so a call per image does not draw it again)."""
+        with self._noise_lock:
+            latent = self.backend.tile * self.backend.scale // 8
+            if self._noise is None or self._noise.latent_hw != (latent, latent):  # `backend` may be replaced
+                self._noise = NoiseTable((latent, latent))
+            return self._noise
 
     def schedule(self, steps: int | None = None, timesteps: Sequence[int] | str | None = None) -> Schedule:
         """The validated schedule for this folder (see `schedule_for`)."""

@@ -194,3 +194,26 @@ def test_a_runner_is_a_tile_chain_for_whole_images(tiny_pipeline, one_thread):
     got = upscale_rgb(chain, image, schedule, seed=5)
     np.testing.assert_allclose(got, tiny_pipeline.upscale(image, steps=2, seed=5, tile=32), atol=1e-5)
     chain.close()
+
+
+def test_image_mode_times_the_default_seed_and_a_drawn_one(tmp_path):
+    """`invsr-bench --image --simulate-device-ms`: a null row for seed 0 (noise table) and one for seed 1
+    (noise drawn per tile), then one row per device speed and count, in report.json and report.md."""
+    import subprocess
+    import sys
+
+    from invsr_runtime.tiling import plan_tiles
+
+    out = tmp_path / "img"
+    res = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--image", "150x100", "--simulate-device-ms", "1",
+                          "--devices", "1,2", "--no-memory", "--iters", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    null, drawn, *simulated = report["rows"]
+    tiles = plan_tiles(100, 150).num_tiles
+    assert (null["seed"], drawn["seed"]) == (0, 1) and null["tiles"] == drawn["tiles"] == tiles == 2
+    assert null["host_ms_per_tile"] > 0 and drawn["host_ms_per_tile"] > 0
+    assert [(r["device_ms_per_tile"], r["devices"]) for r in simulated] == [(1.0, 1), (1.0, 2)]
+    assert all(0 < r["efficiency"] <= 1.05 and r["host_ms_per_tile"] == null["host_ms_per_tile"] for r in simulated)
+    assert "| null, seed 1 (noise drawn per tile) | 1 | 2 |" in (out / "report.md").read_text()

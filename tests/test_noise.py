@@ -53,3 +53,22 @@ def test_is_standard_normal():
 def test_negative_seed_rejected():
     with pytest.raises(ValueError, match="seed"):
         tile_noise(-1, 0, (4, 4))
+
+
+def test_noise_table_gives_tile_noise_values():
+    """The table's tiles are tile_noise's, read-only; other seeds and later tiles are drawn as before."""
+    from invsr_runtime.noise import NoiseTable
+
+    table = NoiseTable((8, 6), tiles=5, seed=3)
+    assert table.nbytes == 2 * 5 * 4 * 8 * 6 * 4
+    for seed, index in [(3, 0), (3, 4), (3, 5), (3, 99), (0, 0), (4, 2)]:
+        got, want = table(seed, index), tile_noise(seed, index, (8, 6))
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    kept = table(3, 1)[0]
+    assert not kept.flags.writeable
+    assert np.shares_memory(kept, table.vae) and not np.shares_memory(table(3, 5)[0], table.vae)
+    empty = NoiseTable((8, 6), tiles=0)
+    np.testing.assert_array_equal(empty(0, 0)[1], tile_noise(0, 0, (8, 6))[1])
+    with pytest.raises(ValueError, match="tiles"):
+        NoiseTable((8, 6), tiles=-1)

@@ -274,3 +274,19 @@ def test_tile_chain_contract_decides_padding(up):
     assert fixed.calls == [4, 4, 4, 4] and loose.calls == [4, 4, 4, 3]
     np.testing.assert_array_equal(out_fixed, out_loose)
     assert out_fixed.shape == (80, 160, 3)
+
+
+def test_an_upscalers_schedulers_share_one_noise_table(engines):
+    """The default seed's noise is drawn once per Upscaler, not once per image (each `upscale` call runs
+    its own scheduler); a replaced backend of other latents gets a table of its own."""
+    up = Upscaler(engines[2])
+    with up.scheduler() as first, up.scheduler() as second:
+        assert first._noise is second._noise is up.noise_table()
+    assert up.noise_table().latent_hw == (8, 8)  # 16 px tiles x4 / 8
+    img = _image(20, 30, 4)
+    np.testing.assert_array_equal(up.upscale(img, seed=0), Upscaler(engines[1]).upscale(img, seed=0))
+    from invsr_runtime.backends.simulated import SimulatedDevice
+
+    up.backend = SimulatedDevice(tile=32, batch=2)
+    assert up.noise_table().latent_hw == (16, 16)
+    up.close()

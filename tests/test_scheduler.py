@@ -309,7 +309,8 @@ def test_tile_weights_are_built_once_per_distinct_weight_and_shared():
         np.testing.assert_allclose(w, expected, rtol=2e-7, atol=0)
         assert w.dtype == np.float32 and not w.flags.writeable
         got.setdefault(id(w), w)
-    assert len(got) == len(weights._built) <= 25 < plan.num_tiles
+    assert len(got) == weights.builds <= 25 < plan.num_tiles  # in tile order, each weight is built once
+    assert len(weights._built) <= weights.keep == 3  # a tile row's left edge, interior and right edge
     assert weights(5, 5) is weights(6, 7)  # interior tiles share one array
     results: list[np.ndarray] = []
     threads = [threading.Thread(target=lambda: results.append(TileWeights.__call__(fresh, 0, 0)))
@@ -319,6 +320,26 @@ def test_tile_weights_are_built_once_per_distinct_weight_and_shared():
     for t in threads:
         t.join()
     assert len({id(w) for w in results}) == 1  # concurrent first use builds it once
+
+
+def test_noise_table_changes_no_byte_and_is_shared_or_refused(schedule):
+    """Seed 0's tiles come from the scheduler's noise table: the same bytes as drawing every tile (a table
+    smaller than the image, and none at all); a table for other latents is refused."""
+    from invsr_runtime.noise import NoiseTable
+
+    img = _image(70, 90)  # 12 tiles of 32
+    outs = []
+    for tiles in (0, 5, 256):
+        with TileScheduler([SimulatedDevice(tile=32, batch=3)], noise_tiles=tiles) as scheduler:
+            outs.append(scheduler.submit(img, schedule, out_dtype="uint8").result(30))
+            assert scheduler._noise.vae.shape[0] == tiles
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    table = NoiseTable((16, 16), tiles=4)
+    with TileScheduler([SimulatedDevice(tile=32, batch=3)], noise=table) as scheduler:
+        assert np.array_equal(scheduler.submit(img, schedule, out_dtype="uint8").result(30), outs[0])
+        assert scheduler._noise is table
+    with pytest.raises(ValueError, match="noise table"):
+        TileScheduler([SimulatedDevice(tile=16, batch=3)], noise=table)
 
 
 def test_lane_blending_counts_images_and_keeps_ycbcr_on_the_blend_thread(schedule):
