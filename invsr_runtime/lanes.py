@@ -2,8 +2,9 @@
 
 The streaming blend is memory-bound numpy work, and on one thread it is the host's critical path. The
 colour channels are independent through the blend, the 8/16-bit assembly and the channel-wise colour fixes
-(`none`, `wavelet`), so the scheduler hands channel c of every tile to lane c: each lane applies its
-channel's tiles in order, which keeps the sums, and so the bytes, exactly those of the one-thread blend.
+(`none`, `wavelet`), so the scheduler hands channel c of an engine batch's tiles to lane c (one work
+item per image and batch: one per tile cost 12% of the host's time in queue hand-offs): each lane applies
+its channel's tiles in order, which keeps the sums, and so the bytes, exactly those of the one-thread blend.
 Measured on the 2-core development VM (blend + assembly of a 1024x1024 LR image): 0.96 -> 0.56 ms/tile.
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@
     one thread per backend (device): run_chain, which releases the GIL while the device works
       -> queue (queue_depth batches)
     blend thread     StreamingBlender -> ColorFixStream -> ImageAssembler per image; resolves its future;
-                     for the channel-wise colour fixes (none, wavelet) it hands channel c of each tile to
-                     lane c (`lanes.ChannelLanes`: three threads, each channel's tiles in order), and the
+                     for the channel-wise colour fixes (none, wavelet) it hands channel c of each batch's
+                     tiles to lane c (`lanes.ChannelLanes`: three threads, each channel's tiles in order), and the
                      lane that completes an image's last channel resolves its future
 
 So while a device runs batch k, the host prepares batch k+1 and blends batch k-1. The queue depth is
@@ -135,21 +135,24 @@ class _Job:
         """Drop everything but the future: its result (if any) is all that stays."""
         self.padded = self.assembler = self.color = self.blender = self.channels = None
 
-    def add(self, index: int, tile_chw: np.ndarray) -> None:
+    def add(self, tiles: list[tuple[int, np.ndarray]]) -> None:
+        """Blend (tile index, C x S x S output) pairs: here, or one work item per lane for all of them."""
         if self.lanes is None:
-            self.blender.add(index, tile_chw)
+            for index, tile_chw in tiles:
+                self.blender.add(index, tile_chw)
         else:
             for c in range(3):
-                self.lanes.put(c, partial(self._add_channel, c, index, tile_chw[c:c + 1]))
-        self.done += 1
+                self.lanes.put(c, partial(self._add_channel, c, [(index, tile[c:c + 1]) for index, tile in tiles]))
+        self.done += len(tiles)
 
-    def _add_channel(self, c: int, index: int, tile: np.ndarray) -> None:
-        """On lane c: blend channel c of one tile; the lane that completes the last channel finishes the image."""
+    def _add_channel(self, c: int, tiles: list[tuple[int, np.ndarray]]) -> None:
+        """On lane c: blend channel c of some tiles; the lane that completes the last channel finishes the image."""
         if self.failed:
             return
         try:
             blender, color = self.channels[c]
-            blender.add(index, tile)
+            for index, tile in tiles:
+                blender.add(index, tile)
             if not blender.done:
                 return
             color.finish()
@@ -491,19 +494,19 @@ class TileScheduler:
             if item is _STOP:
                 break
             batch, out, error = item
-            touched: dict[int, _Job] = {}
+            tiles: dict[int, tuple[_Job, list[tuple[int, np.ndarray]]]] = {}  # per image, in batch order
             for k, (job, index) in enumerate(batch.entries):
-                if job.failed:
-                    continue
+                if not job.failed:
+                    tiles.setdefault(id(job), (job, []))[1].append((index, k))
+            for job, indices in tiles.values():
                 try:
                     if error is not None:
                         raise error
-                    job.add(index, np.asarray(out[k], dtype=np.float32))
-                    touched[id(job)] = job
-                    self.stats.tiles += 1
+                    job.add([(index, np.asarray(out[k], dtype=np.float32)) for index, k in indices])
+                    self.stats.tiles += len(indices)
                 except Exception as exc:  # noqa: BLE001 - routed to this image
                     job.fail(exc)
-            for job in touched.values():
+                    continue
                 self._progress(job)
 
     def _image_done(self) -> None:
