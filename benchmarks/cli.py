@@ -364,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="invsr-bench: %(message)s")
     if args.image is not None:
+        args.command = shlex.join(["invsr-bench", *argv])
         return image_main(args)
     try:
         with terminate_like_interrupt(), warnings_as_lines():

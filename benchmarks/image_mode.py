@@ -138,6 +138,7 @@ def run_image_mode(args: Any, out: Path) -> dict[str, Any]:
     image = load_image(args.image)
     report: dict[str, Any] = {"mode": "image", "image": args.image, "lr_shape": list(image.shape[:2]),
                               "color_fix": args.color_fix, "machine": describe(), "rows": [], "memory": [],
+                              "command": getattr(args, "command", None),
                               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.simulate_device_ms is not None:
         report["rows"] = simulated_rows(image, args.simulate_device_ms, args.devices, args.color_fix, args.iters)
@@ -193,6 +194,7 @@ def render(report: dict[str, Any]) -> str:
              f"Machine: {m.get('cpu', m)}, {m.get('cores_logical', '?')} logical cores, {m.get('ram_gib', '?')} GiB; "
              f"created {report['created']}; load average at the end {report.get('load_average_at_end')} "
              "(other processes on a shared machine slow the host side).", "",
+             f"Command: `{report.get('command')}`", "",
              "Efficiency = device busy time / (devices x wall time): 1.0 = the device never waits for the host. "
              "Host ms/tile = wall time per tile on a null device (cutting, noise, blending, colour fix), "
              "seed 0 (the default: the first 256 tiles' noise comes from the runtime's noise table) unless the "

@@ -216,4 +216,6 @@ def test_image_mode_times_the_default_seed_and_a_drawn_one(tmp_path):
     assert null["host_ms_per_tile"] > 0 and drawn["host_ms_per_tile"] > 0
     assert [(r["device_ms_per_tile"], r["devices"]) for r in simulated] == [(1.0, 1), (1.0, 2)]
     assert all(0 < r["efficiency"] <= 1.05 and r["host_ms_per_tile"] == null["host_ms_per_tile"] for r in simulated)
-    assert "| null, seed 1 (noise drawn per tile) | 1 | 2 |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| null, seed 1 (noise drawn per tile) | 1 | 2 |" in markdown
+    assert report["command"].startswith("invsr-bench --image 150x100") and report["command"] in markdown
