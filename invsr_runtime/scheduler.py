@@ -269,6 +269,8 @@ class TileScheduler:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
         if not max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if noise_tiles < 0:
+            raise ValueError(f"noise_tiles must be >= 0, got {noise_tiles}")
         self.queue_depth, self._poll, self.max_wait_s = queue_depth, poll_s, max_wait_s
         self.stats = SchedulerStats(device_seconds=[0.0] * len(self.chains))
         self._jobs: queue.Queue = queue.Queue()
@@ -430,7 +432,13 @@ class TileScheduler:
         noise = self._noise
         if noise is None:  # drawn here, not in the constructor: the caller's thread does not wait for it
             latent = self.tile * self.scale // 8
-            noise = self._noise = NoiseTable((latent, latent), self._noise_tiles)
+            try:
+                noise = NoiseTable((latent, latent), self._noise_tiles)
+            except MemoryError:  # the table is an optimisation: without it every tile's noise is drawn
+                logger.warning("no memory for the noise table of %d tiles: drawing every tile's noise",
+                               self._noise_tiles)
+                noise = NoiseTable((latent, latent), 0)
+            self._noise = noise
         builder = _BatchBuilder(self.batch, self.tile, noise, self.fixed_batch)
         while True:
             job = self._next_job(partial=bool(builder.entries))

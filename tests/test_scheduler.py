@@ -340,6 +340,29 @@ def test_noise_table_changes_no_byte_and_is_shared_or_refused(schedule):
         assert scheduler._noise is table
     with pytest.raises(ValueError, match="noise table"):
         TileScheduler([SimulatedDevice(tile=16, batch=3)], noise=table)
+    with pytest.raises(ValueError, match="noise_tiles"):
+        TileScheduler([SimulatedDevice(tile=32, batch=3)], noise_tiles=-1)
+
+
+def test_no_memory_for_the_noise_table_draws_every_tile(schedule, monkeypatch, caplog):
+    """A table that cannot be allocated is skipped with a warning; the images come out the same."""
+    from invsr_runtime import noise as noise_module
+
+    img = _image(40, 40)
+    with TileScheduler([SimulatedDevice(tile=32, batch=3)]) as scheduler:
+        want = scheduler.submit(img, schedule, out_dtype="uint8").result(30)
+    real = noise_module.NoiseTable.__init__
+
+    def init(self, latent_hw, tiles=noise_module.TABLE_TILES, seed=0, channels=4):
+        if tiles:
+            raise MemoryError
+        real(self, latent_hw, tiles, seed, channels)
+
+    monkeypatch.setattr(noise_module.NoiseTable, "__init__", init)
+    with TileScheduler([SimulatedDevice(tile=32, batch=3)]) as scheduler:
+        got = scheduler.submit(img, schedule, out_dtype="uint8").result(30)
+        assert len(scheduler._noise.vae) == 0
+    assert np.array_equal(got, want) and "no memory for the noise table" in caplog.text
 
 
 def test_lane_blending_counts_images_and_keeps_ycbcr_on_the_blend_thread(schedule):
