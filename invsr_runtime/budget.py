@@ -16,7 +16,8 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 _OUT_BYTES = 3
 # Bytes per *input* pixel: decoded float32 RGB and the scheduler's padded planar copy (3 x f32 each).
 _IN_BYTES = 2 * 3 * 4
-# Engine batches whose float32 output tiles can be alive at once (queued, running, being blended).
+# Engine batches whose float32 output tiles are alive at once, typically (the tile scheduler allows at
+# most its output_slots, devices + 3, which a device faster than the host fills).
 _BATCHES_IN_FLIGHT = 3
 # Per output pixel of every frame kept for writing (8-bit RGBA at most).
 _KEPT_FRAME_BYTES = 4

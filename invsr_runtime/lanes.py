@@ -63,3 +63,4 @@ class ChannelLanes:
                 work()
             except Exception:  # noqa: BLE001 - work items route their own errors; never lose the lane
                 logger.exception("a channel lane's work item raised")
+            work = None  # what the item held (tiles) goes now, not when the next item arrives

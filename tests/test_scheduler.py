@@ -378,6 +378,36 @@ def test_lane_blending_counts_images_and_keeps_ycbcr_on_the_blend_thread(schedul
         np.testing.assert_allclose(out, upscale_rgb(device, img, schedule, color_fix=fix, seed=2), atol=5e-7)
 
 
+def test_a_device_faster_than_the_host_waits_instead_of_piling_up_outputs(schedule):
+    """Device outputs are fresh arrays (as a real backend's download); however fast the device, no more
+    than `output_slots` of them are alive at once, and the image is unchanged."""
+    import weakref
+
+    alive, most = [0], [0]
+    lock = threading.Lock()
+
+    def gone() -> None:
+        with lock:
+            alive[0] -= 1
+
+    class FreshOutputs(SimulatedDevice):
+        def run_chain(self, *args):
+            out = super().run_chain(*args).copy()
+            with lock:
+                alive[0] += 1
+                most[0] = max(most[0], alive[0])
+            weakref.finalize(out, gone)
+            return out
+
+    img = _image(150, 170)  # 9 x 10 tiles of 32: 23 batches of 4; wavelet keeps the lanes busy
+    with TileScheduler([FreshOutputs(tile=32, batch=4)]) as scheduler:
+        got = scheduler.submit(img, schedule, color_fix="wavelet", seed=3).result(60)
+    assert 2 <= most[0] <= scheduler.output_slots == 4
+    with TileScheduler([SimulatedDevice(tile=32, batch=4)]) as scheduler:
+        want = scheduler.submit(img, schedule, color_fix="wavelet", seed=3).result(60)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_cancelled_image_stops_using_the_device(schedule):
     """Cancelling an image's future (a client gone) skips its remaining tiles; the next image is unaffected."""
     device = SimulatedDevice(tile=32, batch=1, ms_per_tile=20)
