@@ -219,3 +219,20 @@ def test_image_mode_times_the_default_seed_and_a_drawn_one(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "| null, seed 1 (noise drawn per tile) | 1 | 2 |" in markdown
     assert report["command"].startswith("invsr-bench --image 150x100") and report["command"] in markdown
+
+
+def test_simulated_device_fresh_outputs_and_the_memory_rows():
+    """`fresh_outputs=True` returns a new array per call (as a real backend's download), the default the
+    canned one; the image mode's memory row says which it measured."""
+    from benchmarks.image_mode import peak_bytes
+    from invsr_runtime.backends.simulated import SimulatedDevice
+    from invsr_runtime.schedule import SD_TURBO_SCHEDULER, alphas_cumprod, make_schedule
+
+    schedule = make_schedule((200,), alphas_cumprod(**SD_TURBO_SCHEDULER))
+    lr, noise = np.zeros((2, 3, 16, 16), np.float32), np.zeros((2, 4, 8, 8), np.float32)
+    canned, fresh = (SimulatedDevice(16, 4, 2, echo=False, fresh_outputs=f) for f in (False, True))
+    a, b = canned.run_chain(lr, noise, noise, schedule), fresh.run_chain(lr, noise, noise, schedule)
+    np.testing.assert_array_equal(a, b)
+    assert np.shares_memory(a, canned._canned[0]) and not np.shares_memory(b, fresh._canned[0])
+    row = peak_bytes("64x48", "none", fresh_outputs=True)
+    assert row["fresh_outputs"] is True and row["output_pixels"] == 256 * 192 and row["peak_bytes"] >= 0

@@ -8,7 +8,9 @@ runtime's own overhead on any CPU machine. No engine folder, no model.
   upsample of the LR tile, plus a small noise and sigma term), so mixed-up tiles, noise or batches show
   up in the output bytes.
 - `echo=False` (benchmarks): returns precomputed output batches in turn (three, so they are not all hot
-  in the CPU cache), costing the host nothing, as a device's result already copied to host memory.
+  in the CPU cache), costing the host nothing, as a device's result already copied to host memory;
+  with `fresh_outputs=True` each call returns a new copy, as a real backend's download does (what the
+  memory benchmark needs: in-flight outputs then take memory).
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ class SimulatedDevice:
     name = "simulated"
 
     def __init__(self, tile: int = 128, scale: int = 4, batch: int = 8, ms_per_tile: float = 0.0,
-                 fixed_batch: bool = True, echo: bool = True) -> None:
+                 fixed_batch: bool = True, echo: bool = True, fresh_outputs: bool = False) -> None:
         if tile < 2 or scale < 1 or batch < 1 or ms_per_tile < 0:
             raise ValueError(f"tile >= 2, scale >= 1, batch >= 1 and ms_per_tile >= 0 required, got "
                              f"tile={tile} scale={scale} batch={batch} ms_per_tile={ms_per_tile}")
         self.tile, self.scale, self.batch, self.fixed_batch = tile, scale, batch, fixed_batch
-        self.ms_per_tile, self.echo = ms_per_tile, echo
+        self.ms_per_tile, self.echo, self.fresh_outputs = ms_per_tile, echo, fresh_outputs
         self.calls = 0
         self.batches: list[int] = []  # tiles per call, in call order
         self._canned: list[np.ndarray] = []
@@ -46,7 +48,11 @@ class SimulatedDevice:
         n = lr.shape[0]
         if lr.shape[1:] != (3, self.tile, self.tile) or (self.fixed_batch and n != self.batch) or n > self.batch:
             raise ValueError(f"simulated device got lr {lr.shape}, expects [{self.batch},3,{self.tile},{self.tile}]")
-        out = self._echo(lr, vae_noise, pred_noise, schedule) if self.echo else self._canned[self.calls % 3][:n]
+        if self.echo:
+            out = self._echo(lr, vae_noise, pred_noise, schedule)
+        else:
+            out = self._canned[self.calls % 3][:n]
+            out = out.copy() if self.fresh_outputs else out
         self.calls += 1
         self.batches.append(n)
         left = self.ms_per_tile * n / 1000.0 - (time.perf_counter() - start)
