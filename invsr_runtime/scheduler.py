@@ -314,7 +314,7 @@ class TileScheduler:
         self._workers_left = len(self.chains)
         # device outputs alive at once: one per device running, one queued, two being blended. A device
         # faster than the host waits here instead of piling up float32 batches (~25 MB each at 128 px
-        # tiles, batch 8; 1500x1000 LR with such a device: 24.9 -> 10.0 bytes per output pixel, wavelet).
+        # tiles, batch 8; 1500x1000 LR with such a device: 24.9 -> 11.0 bytes per output pixel, wavelet).
         # Two being blended keep the channel lanes busy: with one the host took 18% longer.
         self.output_slots = len(self.chains) + 3
         self._slots = threading.Semaphore(self.output_slots)
