@@ -27,6 +27,11 @@ def tile_noise(
     return vae_noise, predictor_noise
 
 
+def tile_latent(tile: int, scale: int) -> int:
+    """Side of one tile's latent (and of its noise): the VAE downsamples the x`scale` output 8x."""
+    return tile * scale // 8
+
+
 #: Tiles of the default seed whose noise a NoiseTable keeps: a 1024x1024 LR image has 225 tiles.
 TABLE_TILES = 256
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .colorfix import COLOR_FIXES, apply_color_fix, color_reference
-from .noise import tile_noise
+from .noise import tile_latent, tile_noise
 from .schedule import Schedule
 from .tile_chain import TileChain
 from .tiling import TileBlender, TilePlan, extract_tiles, pad_image, plan_tiles
@@ -67,7 +67,7 @@ def _run_round(
     """Cut, run and blend one round of tiles, one engine batch at a time."""
     tiles = extract_tiles(padded, plan, indices).transpose(0, 3, 1, 2)
     position = {index: k for k, index in enumerate(indices)}
-    latent = plan.tile * plan.scale // 8
+    latent = tile_latent(plan.tile, plan.scale)
     for chunk, real in engine_batches(indices, chain.batch, pad=chain.fixed_batch):
         lr = np.ascontiguousarray(tiles[[position[i] for i in chunk]], dtype=np.float32)
         vae_noise, pred_noise = _noise(seed, chunk, latent)

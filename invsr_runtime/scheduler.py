@@ -40,7 +40,7 @@ import numpy as np
 from .blend import ImageAssembler, StreamingBlender, TileWeights, use_blend_buffers
 from .colorfix import COLOR_FIXES, ColorFixStream
 from .lanes import ChannelLanes
-from .noise import TABLE_TILES, NoiseTable
+from .noise import TABLE_TILES, NoiseTable, tile_latent
 from .schedule import Schedule
 from .tiling import TilePlan, plan_tiles
 
@@ -293,9 +293,9 @@ class TileScheduler:
                  max_wait_s: float = 0.0, noise: NoiseTable | None = None, noise_tiles: int = TABLE_TILES) -> None:
         self.chains = list(chains) if isinstance(chains, (list, tuple)) else [chains]
         self.batch, self.tile, self.scale, self.fixed_batch = _check_chains(self.chains)
-        latent = self.tile * self.scale // 8
-        if noise is not None and noise.latent_hw != (latent, latent):
-            raise ValueError(f"noise table of {noise.latent_hw} latents, the backends need {(latent, latent)}")
+        self.latent = tile_latent(self.tile, self.scale)
+        if noise is not None and noise.latent_hw != (self.latent, self.latent):
+            raise ValueError(f"noise table of {noise.latent_hw} latents, the backends need {(self.latent,) * 2}")
         self._noise, self._noise_tiles = noise, noise_tiles
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
@@ -469,13 +469,12 @@ class TileScheduler:
     def _feed(self) -> None:
         noise = self._noise
         if noise is None:  # drawn here, not in the constructor: the caller's thread does not wait for it
-            latent = self.tile * self.scale // 8
             try:
-                noise = NoiseTable((latent, latent), self._noise_tiles)
+                noise = NoiseTable((self.latent, self.latent), self._noise_tiles)
             except MemoryError:  # the table is an optimisation: without it every tile's noise is drawn
                 logger.warning("no memory for the noise table of %d tiles: drawing every tile's noise",
                                self._noise_tiles)
-                noise = NoiseTable((latent, latent), 0)
+                noise = NoiseTable((self.latent, self.latent), 0)
             self._noise = noise
         builder = _BatchBuilder(self.batch, self.tile, noise, self.fixed_batch)
         while True:

@@ -24,9 +24,9 @@ import numpy as np
 from .backends import Backend, open_backend
 from .budget import DEFAULT_MAX_PIXELS, check_image_size
 from .imageio import Picture, picture_from_array, picture_from_pil, picture_to_array, picture_to_pil
-from .manifest import Manifest, load_manifest
-from .noise import NoiseTable
 from .blend import ImageAssembler
+from .manifest import Manifest, load_manifest
+from .noise import NoiseTable, tile_latent
 from .resize import ResizedRows
 from .schedule import Schedule, make_schedule, resolve_timesteps
 from .scheduler import ProgressFn, TileScheduler
@@ -138,7 +138,7 @@ class Upscaler:
         """The default seed's noise table, drawn on first use and shared by every scheduler of this Upscaler
         (so a call per image does not draw it again)."""
         with self._noise_lock:
-            latent = self.backend.tile * self.backend.scale // 8
+            latent = tile_latent(self.backend.tile, self.backend.scale)
             if self._noise is None or self._noise.latent_hw != (latent, latent):  # `backend` may be replaced
                 self._noise = NoiseTable((latent, latent))
             return self._noise
