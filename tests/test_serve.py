@@ -246,7 +246,8 @@ def test_queue_full_is_503_with_retry_after_and_timeout_is_504(engine, tmp_path)
 def test_a_full_queue_refuses_before_reading_the_body(engine, tmp_path):
     """With every queue slot taken, a new upload gets its 503 at once, before its (50 MB) body is sent."""
     srv = start_server(engine, ["--max-queue", "1", "--request-timeout", "30"], log=tmp_path / "early.log")
-    big = _png(Image.fromarray(_photo(200, 200)))
+    # big enough to hold the slot for seconds (200x200 took 0.2 s: the probe below could miss it)
+    big = _png(Image.fromarray(_photo(640, 640)))
     thread = threading.Thread(target=lambda: httpx.post(srv.url + "/v1/upscale", params={"steps": "5"}, content=big,
                                                         headers={"Content-Type": "image/png"}, timeout=120))
     try:
@@ -254,7 +255,8 @@ def test_a_full_queue_refuses_before_reading_the_body(engine, tmp_path):
         deadline = time.monotonic() + 30
         while "invsr_queue_depth 1.0" not in httpx.get(srv.url + "/metrics/").text:  # the slot is taken
             assert time.monotonic() < deadline, "the first request was never admitted"
-            time.sleep(0.05)
+            assert thread.is_alive(), "the first request finished before it was seen holding the slot"
+            time.sleep(0.02)
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
             sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                          b"Content-Length: 50000000\r\n\r\n")  # headers only: the body never comes
